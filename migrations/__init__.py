@@ -1,0 +1,1 @@
+"""nlpkit's Alembic environment and migration scripts (applied with ``nlpkit db upgrade``)."""
