@@ -1,0 +1,158 @@
+"""Records in, predictions out: length-sorted micro-batches with dynamic padding.
+
+The engine is task-agnostic. A task cuts records into windows of token ids; the
+engine sorts all windows by length, packs them into batches bounded by a count and
+a padded-token budget (so a batch of long reviews and a batch of short sentences
+cost about the same), pads each batch only to its own longest window, runs the
+model under ``torch.inference_mode`` and the backend's precision, and hands each
+record's outputs back to the task. Results come back in input order.
+
+A record whose windows make the model fail, or whose postprocessing fails, becomes a
+:class:`RecordFailure` while the rest of its batch still gets predictions: the
+worker turns failures into dead letters instead of losing a whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nlpkit.errors import NlpkitError
+from nlpkit.tasks import Prediction, Record, Task, Window
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """Why one record got no prediction."""
+
+    reason: str
+
+
+Outcome = Prediction | RecordFailure
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class _Item:
+    record: int
+    window: int
+    ids: Sequence[int]
+
+
+class Engine:
+    """Runs one task's model over batches of records."""
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise NlpkitError("batch size and token budget must be positive")
+        self.task = task
+        self.loaded = task.model
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.pad_id = self.loaded.tokenizer.pad_token_id or 0
+
+    def predict(self, records: Sequence[Record], progress: ProgressCallback | None = None) -> list[Prediction]:
+        """Predictions for every record, in order; the first failure raises NlpkitError."""
+        outcomes = self.run(records, progress)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, RecordFailure):
+                raise NlpkitError(f"record {index + 1}: {outcome.reason}")
+        return outcomes  # type: ignore[return-value]  # all are Predictions past the loop
+
+    def run(self, records: Sequence[Record], progress: ProgressCallback | None = None) -> list[Outcome]:
+        """A Prediction or a RecordFailure for every record, in input order."""
+        windows, failures = self._cut(records)
+        outputs: list[list[Mapping[str, np.ndarray] | None]] = [[None] * len(w) for w in windows]
+        items = [
+            _Item(r, w, window.input_ids)
+            for r, record_windows in enumerate(windows)
+            if r not in failures
+            for w, window in enumerate(record_windows)
+        ]
+        for batch in self._batches(items):
+            for item, result in zip(batch, self._forward_isolating(batch)):
+                if isinstance(result, RecordFailure):
+                    failures.setdefault(item.record, result)
+                else:
+                    outputs[item.record][item.window] = result
+            if progress is not None:
+                progress(len(batch))
+        return [
+            failures[r] if r in failures else self._postprocess(record, windows[r], outputs[r])
+            for r, record in enumerate(records)
+        ]
+
+    def _cut(self, records: Sequence[Record]) -> tuple[list[list[Window]], dict[int, RecordFailure]]:
+        """Windows for every record: one batched tokenizer call, or one call per record if that fails."""
+        try:
+            return self.task.windows(records), {}
+        except Exception:  # find the record(s) to blame rather than fail them all
+            windows: list[list[Window]] = []
+            failures: dict[int, RecordFailure] = {}
+            for index, record in enumerate(records):
+                try:
+                    windows.append(self.task.windows([record])[0])
+                except Exception as exc:
+                    windows.append([])
+                    failures[index] = RecordFailure(f"tokenization failed: {type(exc).__name__}: {exc}")
+            return windows, failures
+
+    def _batches(self, items: list[_Item]) -> list[list[_Item]]:
+        """Longest first, each batch within the count limit and the padded-token budget."""
+        batches: list[list[_Item]] = []
+        current: list[_Item] = []
+        for item in sorted(items, key=lambda item: len(item.ids), reverse=True):
+            longest = len(current[0].ids) if current else len(item.ids)
+            if current and (len(current) >= self.batch_size or (len(current) + 1) * longest > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _forward_isolating(self, batch: list[_Item]) -> list[Mapping[str, np.ndarray] | RecordFailure]:
+        try:
+            return list(self._forward(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                return [RecordFailure(f"model failed: {type(exc).__name__}: {exc}")]
+            return [result for item in batch for result in self._forward_isolating([item])]
+
+    def _forward(self, batch: list[_Item]) -> list[Mapping[str, np.ndarray]]:
+        lengths = [len(item.ids) for item in batch]
+        input_ids = np.full((len(batch), max(lengths)), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros_like(input_ids)
+        for row, item in enumerate(batch):
+            input_ids[row, : lengths[row]] = item.ids
+            attention_mask[row, : lengths[row]] = 1
+        device = self.loaded.device
+        with torch.inference_mode(), self.loaded.backend.autocast(device):
+            output = self.loaded.model(
+                input_ids=torch.from_numpy(input_ids).to(device),
+                attention_mask=torch.from_numpy(attention_mask).to(device),
+            )
+        arrays = {key: output[key].float().cpu().numpy() for key in self.task.output_keys}
+        if self.task.token_level_outputs:
+            return [{key: value[row, :length] for key, value in arrays.items()} for row, length in enumerate(lengths)]
+        return [{key: value[row] for key, value in arrays.items()} for row in range(len(batch))]
+
+    def _postprocess(
+        self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray] | None]
+    ) -> Outcome:
+        try:
+            return self.task.postprocess(record, windows, outputs)  # type: ignore[arg-type]
+        except Exception as exc:
+            return RecordFailure(f"postprocessing failed: {type(exc).__name__}: {exc}")

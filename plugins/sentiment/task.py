@@ -1,0 +1,122 @@
+"""Sentiment: one label per text from a softmax over the classes (DistilBertForSequenceClassification)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nlpkit import metrics
+from nlpkit.data import read_rows, text_field
+from nlpkit.errors import DataFormatError
+from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, Window
+
+# SST-2 and IMDb both write 0 for negative and 1 for positive.
+BINARY_LABEL_NAMES = {0: "negative", 1: "positive"}
+
+
+class SentimentTask(Task):
+    """Classify the sentiment of a text; long texts are truncated to the model's maximum and flagged."""
+
+    name = "sentiment"
+    description = "sentiment of a text (sequence classification, softmax)"
+    input_fields = ("text",)
+    model_class = "AutoModelForSequenceClassification"
+
+    def windows(self, records: Sequence[Record]) -> list[list[Window]]:
+        encoded = self.model.tokenizer(
+            [record.fields["text"] for record in records],
+            truncation=True,
+            max_length=self.model.max_length,
+            return_overflowing_tokens=True,
+            return_attention_mask=False,
+        )
+        # With overflow on, each text yields its first window and then the rest; the rest is
+        # only there to tell us the text did not fit.
+        windows: list[list[Window]] = [[] for _ in records]
+        for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
+            if windows[sample]:
+                windows[sample][0] = Window(windows[sample][0].input_ids, context=True)
+            else:
+                windows[sample].append(Window(ids, context=False))
+        return windows
+
+    def postprocess(
+        self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray]]
+    ) -> Prediction:
+        probabilities = softmax(outputs[0]["logits"])
+        names = self.model.id2label
+        best = int(probabilities.argmax())
+        output = {
+            "label": names[best],
+            "score": float(probabilities[best]),
+            "scores": {names[i]: float(p) for i, p in enumerate(probabilities)},
+            "truncated": bool(windows[0].context),
+        }
+        return Prediction(label=output["label"], score=output["score"], output=output)
+
+    @classmethod
+    def read_examples(cls, path: Path) -> list[Example]:
+        """SST-2/GLUE TSV (``sentence`` or ``text`` column), CSV, or JSON lines (IMDb) with a label."""
+        examples = []
+        for number, row in read_rows(path):
+            where = f"{path}:{number}"
+            if "label" not in row:
+                raise DataFormatError(f"{where}: no 'label' column")
+            examples.append(Example(Record({"text": text_field(row, where)}), _label_name(row["label"], where), where))
+        if not examples:
+            raise DataFormatError(f"{path}: no examples")
+        return examples
+
+    @classmethod
+    def label_names(cls, examples: Sequence[Example]) -> list[str]:
+        return sorted({example.target for example in examples})
+
+    def encode_examples(self, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
+        label2id = {name: index for index, name in self.model.id2label.items()}
+        encoded = self.model.tokenizer(
+            [example.record.fields["text"] for example in examples],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+        )
+        features = []
+        for example, ids in zip(examples, encoded["input_ids"]):
+            if example.target not in label2id:
+                raise DataFormatError(
+                    f"{example.source}: label '{example.target}' is not one of the model's labels "
+                    f"({', '.join(sorted(label2id))})"
+                )
+            features.append(EncodedExample(input_ids=ids, labels=label2id[example.target]))
+        return features
+
+    @classmethod
+    def score(cls, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
+        """Accuracy, then macro-averaged F1 over the labels."""
+        predicted = [str(prediction.label) for prediction in predictions]
+        gold = [example.target for example in examples]
+        return {"accuracy": metrics.accuracy(predicted, gold), "f1": metrics.macro_f1(predicted, gold)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def _label_name(value: Any, where: str) -> str:
+    """Integer 0/1 labels are SST-2/IMDb's negative/positive; strings are used as they are."""
+    if isinstance(value, bool):
+        raise DataFormatError(f"{where}: label must be a class name or integer, not a boolean")
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lstrip("-").isdigit():
+            value = int(value)
+        elif value:
+            return value
+        else:
+            raise DataFormatError(f"{where}: empty label")
+    if isinstance(value, int):
+        return BINARY_LABEL_NAMES.get(value, str(value))
+    raise DataFormatError(f"{where}: label must be a class name or integer, got {value!r}")
