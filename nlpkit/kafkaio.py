@@ -1,0 +1,135 @@
+"""Kafka clients for everything but the worker loop: configuration, producing records, topics."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from nlpkit.data import TEXT_COLUMNS, read_rows
+from nlpkit.errors import DataFormatError, NlpkitError
+
+
+def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings shared by every nlpkit client; ``overrides`` win."""
+    return {"bootstrap.servers": bootstrap_servers, "client.id": "nlpkit", **overrides}
+
+
+def cluster_metadata(client: AdminClient | Consumer, bootstrap_servers: str, timeout: float = 10.0) -> ClusterMetadata:
+    """The cluster's metadata, or one clear line when no broker answers (not librdkafka's retry noise)."""
+    try:
+        return client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise NlpkitError(
+            f"cannot reach a Kafka broker at {bootstrap_servers} ({exc.args[0].str()}); "
+            "start one with `nlpkit services kafka start` or pass --bootstrap-servers"
+        ) from exc
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    admin = AdminClient(client_config(bootstrap_servers))
+    cluster_metadata(admin, bootstrap_servers)
+    return admin
+
+
+def create_topic(bootstrap_servers: str, name: str, partitions: int, replication_factor: int = 1) -> bool:
+    """Create a topic; False when it already exists (creating is idempotent for callers)."""
+    admin = admin_client(bootstrap_servers)
+    future = admin.create_topics([NewTopic(name, partitions, replication_factor)])[name]
+    try:
+        future.result(timeout=30)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise NlpkitError(f"cannot create topic '{name}': {exc.args[0].str()}") from exc
+    return True
+
+
+def list_topics(bootstrap_servers: str) -> dict[str, int]:
+    """Topic name -> partition count, leaving out Kafka's internal topics."""
+    metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
+    return {
+        name: len(topic.partitions) for name, topic in sorted(metadata.topics.items()) if not name.startswith("__")
+    }
+
+
+def file_messages(
+    path: Path,
+    *,
+    text_column: str | None = None,
+    key_field: str | None = "id",
+    sample: int | None = None,
+    seed: int = 0,
+) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) pairs for the rows of a JSON lines, TSV or CSV file.
+
+    Each row is sent as a JSON object whose ``text`` is the row's text column, so what
+    a worker receives does not depend on the file format. ``sample`` draws that many
+    rows at random with ``seed``: several shared data files are sorted by label, so a
+    prefix would not be a sample.
+    """
+    rows = [(number, row) for number, row in read_rows(path)]
+    if sample is not None:
+        if sample > len(rows):
+            raise DataFormatError(f"{path}: asked for a sample of {sample} but the file has {len(rows)} rows")
+        rows = random.Random(seed).sample(rows, sample)
+    messages = []
+    for number, row in rows:
+        column = text_column or next((name for name in TEXT_COLUMNS if name in row), None)
+        if column not in row:
+            wanted = text_column or " or ".join(TEXT_COLUMNS)
+            raise DataFormatError(f"{path}:{number}: no text column ({wanted})")
+        payload = dict(row)
+        payload["text"] = payload.pop(column)
+        key = payload.get(key_field) if key_field else None
+        messages.append((None if key is None else str(key).encode(), json.dumps(payload, ensure_ascii=False).encode()))
+    return messages
+
+
+def produce(
+    bootstrap_servers: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes]],
+    progress: Callable[[int], None] | None = None,
+    **overrides: Any,
+) -> int:
+    """Send messages with an idempotent producer, wait for every acknowledgement, return the count.
+
+    Raises NlpkitError if any message was not acknowledged, so a caller never believes
+    data reached the topic when it did not.
+    """
+    producer = Producer(
+        client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides})
+    )
+    failures: list[str] = []
+
+    def on_delivery(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            failures.append(error.str())
+        elif progress is not None:
+            progress(1)
+
+    sent = 0
+    for key, value in messages:
+        _produce_one(producer, topic, key, value, on_delivery)
+        sent += 1
+    remaining = producer.flush(60)
+    if remaining or failures:
+        detail = failures[0] if failures else f"{remaining} messages still unacknowledged after 60 s"
+        raise NlpkitError(f"sending to '{topic}' failed for {len(failures) or remaining} of {sent} messages: {detail}")
+    return sent
+
+
+def _produce_one(producer: Producer, topic: str, key: bytes | None, value: bytes, on_delivery: Callable) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            producer.poll(0)
+            return
+        except BufferError:  # local queue full: let deliveries drain, then retry
+            producer.poll(0.5)

@@ -1,0 +1,339 @@
+"""The Kafka worker: poll a batch, decode, predict, store in one transaction, then commit.
+
+Offsets are committed only after the database transaction that holds the batch's
+predictions and dead letters has committed, and rows are upserted on (topic,
+partition, offset, task). A worker killed at any point therefore loses nothing (the
+uncommitted batch is delivered again) and duplicates nothing (the replay overwrites
+the same rows). One bad message becomes a dead letter and never stops a partition.
+
+Processing is synchronous between polls, so when Kafka revokes partitions (the
+callbacks run inside ``consume``) the previous batch is already stored and committed:
+nothing is in flight to lose. Messages a poll returned for partitions revoked during
+that same poll are dropped unprocessed; their new owner will read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer, TopicPartition
+
+from nlpkit.engine import Engine, RecordFailure
+from nlpkit.errors import InvalidRecordError, NlpkitError
+from nlpkit.kafkaio import client_config, cluster_metadata
+from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
+from nlpkit.store import Database, StoredBatch, utcnow
+from nlpkit.tasks import Prediction, Record
+
+log = logging.getLogger("nlpkit.worker")
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker consumes; ``consumer_config`` passes librdkafka settings straight through."""
+
+    topics: Sequence[str]
+    group: str
+    bootstrap_servers: str
+    batch_size: int = 64
+    poll_timeout: float = 1.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_messages: int | None = None
+    dead_letter_topic: str | None = None
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkerStats:
+    messages: int = 0
+    predictions: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+@dataclass
+class _Batch:
+    """One poll's worth of messages on their way to the database."""
+
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_messages: list[tuple[Message, str]] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class Worker:
+    """Consumes topics in a consumer group and stores one task's predictions per message.
+
+    ``engines`` maps task names to ready engines; a message's ``task`` field picks one,
+    and messages without it go to the first.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        engines: Mapping[str, Engine],
+        database: Database,
+        hook: Any = None,
+    ) -> None:
+        if not engines:
+            raise NlpkitError("a worker needs at least one task")
+        self.config = config
+        self.engines = dict(engines)
+        self.default_task = next(iter(self.engines))
+        self.database = database
+        self.hook = hook
+        self.stats = WorkerStats()
+        self._stopping = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._dead_letter_producer: Producer | None = None
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit it, leave the group. Safe to call from a signal handler."""
+        self._stopping = True
+
+    def handle_signals(self) -> None:
+        """SIGTERM/SIGINT stop gracefully; a second SIGINT interrupts at once (the batch is redelivered)."""
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            if self._stopping and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            log.info("received %s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> WorkerStats:
+        consumer = Consumer(
+            client_config(
+                self.config.bootstrap_servers,
+                **{
+                    "group.id": self.config.group,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    **self.config.consumer_config,
+                },
+            )
+        )
+        try:
+            self._check_topics(consumer)
+            consumer.subscribe(
+                list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            self._loop(consumer)
+        finally:
+            consumer.close()  # leaves the group at once, so partitions move without waiting for a timeout
+            if self._dead_letter_producer is not None:
+                self._dead_letter_producer.flush(30)
+        return self.stats
+
+    def _check_topics(self, consumer: Consumer) -> None:
+        topics = cluster_metadata(consumer, self.config.bootstrap_servers).topics
+        missing = [topic for topic in self.config.topics if topic not in topics]
+        if missing:
+            raise NlpkitError(
+                f"topic '{missing[0]}' does not exist; create it with `nlpkit topics create {missing[0]}`"
+            )
+
+    def _loop(self, consumer: Consumer) -> None:
+        started, last_report = time.monotonic(), time.monotonic()
+        while not self._stopping and not self._limit_reached():
+            messages = consumer.consume(num_messages=self._poll_size(), timeout=self.config.poll_timeout)
+            messages = [message for message in messages if self._usable(message)]
+            if messages:
+                self._process(consumer, messages)
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                self._report(last_report - started)
+
+    def _report(self, elapsed: float) -> None:
+        log.info(
+            "%d messages: %d predictions, %d dead letters (%.1f msg/s)",
+            self.stats.messages,
+            self.stats.predictions,
+            self.stats.dead_letters,
+            self.stats.messages / max(elapsed, 1e-9),
+        )
+
+    def _poll_size(self) -> int:
+        if self.config.max_messages is None:
+            return self.config.batch_size
+        return max(1, min(self.config.batch_size, self.config.max_messages - self.stats.messages))
+
+    def _limit_reached(self) -> bool:
+        return self.config.max_messages is not None and self.stats.messages >= self.config.max_messages
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise NlpkitError(f"fatal Kafka error: {error.str()}")
+            log.warning("consumer error: %s", error.str())
+            return False
+        return (message.topic(), message.partition()) in self._assigned
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        log.info("revoked %s", _describe(partitions))
+
+    # --- one batch -------------------------------------------------------------------
+
+    def _process(self, consumer: Consumer, messages: list[Message]) -> None:
+        batch = _Batch()
+        routed: dict[str, list[tuple[Message, Record]]] = defaultdict(list)
+        for message in messages:
+            key = (message.topic(), message.partition())
+            batch.next_offsets[key] = max(batch.next_offsets.get(key, 0), message.offset() + 1)
+            task, record_or_reason = self._route(message)
+            if isinstance(record_or_reason, Rejected):
+                self._dead(batch, message, task, record_or_reason)
+            else:
+                routed[task].append((message, record_or_reason))
+        for task, items in routed.items():
+            outcomes = self.engines[task].run([record for _message, record in items])
+            for (message, record), outcome in zip(items, outcomes):
+                if isinstance(outcome, RecordFailure):
+                    self._dead(batch, message, task, Rejected(outcome.reason, stage="model"))
+                else:
+                    batch.predictions.append(self._prediction_row(task, message, record, outcome))
+        self._store(batch)
+        self._publish_dead_letters(batch)
+        self._commit(consumer, batch.next_offsets)
+        self.stats.messages += len(messages)
+        self.stats.predictions += len(batch.predictions)
+        self.stats.dead_letters += len(batch.dead_letters)
+        self.stats.batches += 1
+
+    def _route(self, message: Message) -> tuple[str, Record | Rejected]:
+        decoded = decode_message(message.value(), message.key(), self.config.max_message_bytes)
+        if isinstance(decoded, Rejected):
+            return self.default_task, decoded
+        return self._validate(decoded)
+
+    def _validate(self, decoded: Decoded) -> tuple[str, Record | Rejected]:
+        task = decoded.task or self.default_task
+        engine = self.engines.get(task)
+        if engine is None:
+            served = ", ".join(self.engines)
+            return self.default_task, Rejected(f"task '{task}' is not served by this worker ({served})", "route")
+        try:
+            fields = engine.task.validate(decoded.fields)
+        except InvalidRecordError as exc:
+            return task, Rejected(str(exc), "validate")
+        return task, Record(fields, decoded.record_id)
+
+    def _prediction_row(self, task: str, message: Message, record: Record, prediction: Prediction) -> dict[str, Any]:
+        loaded = self.engines[task].loaded
+        primary, *others = self.engines[task].task.input_fields
+        return {
+            "task": task,
+            "model_name": loaded.name,
+            "model_revision": loaded.revision,
+            "backend": loaded.backend.name,
+            "source_topic": message.topic(),
+            "source_partition": message.partition(),
+            "source_offset": message.offset(),
+            "source_key": decode_key(message.key()),
+            "record_id": record.id,
+            "input_text": record.fields[primary],
+            "input_extra": {name: record.fields[name] for name in others} or None,
+            "label": prediction.label,
+            "score": prediction.score,
+            "output": prediction.output,
+            "message_timestamp": _timestamp(message),
+        }
+
+    def _dead(self, batch: _Batch, message: Message, task: str, rejected: Rejected) -> None:
+        batch.dead_messages.append((message, rejected.reason))
+        batch.dead_letters.append(
+            {
+                "task": task,
+                "source_topic": message.topic(),
+                "source_partition": message.partition(),
+                "source_offset": message.offset(),
+                "source_key": message.key(),
+                "raw_value": message.value(),
+                "reason": rejected.reason,
+                "stage": rejected.stage,
+                "message_timestamp": _timestamp(message),
+                "replayed_at": None,
+            }
+        )
+
+    def _store(self, batch: _Batch) -> None:
+        stored_at = utcnow()
+        for row in (*batch.predictions, *batch.dead_letters):
+            row["stored_at"] = stored_at
+        self.database.write_batch(batch.predictions, batch.dead_letters)
+        if self.hook is not None:
+            stored = StoredBatch(
+                task=self.default_task,
+                model=self.engines[self.default_task].loaded.name,
+                predictions=batch.predictions,
+                dead_letters=batch.dead_letters,
+                topic_offsets=dict(batch.next_offsets),
+            )
+            try:
+                self.hook.predictions_stored(batch=stored)
+            except Exception:  # a plugin's bug must not stop the stream; the rows are already safe
+                log.exception("a predictions_stored hook failed")
+
+    def _publish_dead_letters(self, batch: _Batch) -> None:
+        """Copy dead letters to the dead-letter topic (raw value and key, reason in headers)."""
+        topic = self.config.dead_letter_topic
+        if not topic or not batch.dead_messages:
+            return
+        if self._dead_letter_producer is None:
+            self._dead_letter_producer = Producer(
+                client_config(self.config.bootstrap_servers, **{"enable.idempotence": True})
+            )
+        for message, reason in batch.dead_messages:
+            self._dead_letter_producer.produce(
+                topic,
+                value=message.value(),
+                key=message.key(),
+                headers={
+                    "nlpkit.reason": reason.encode(),
+                    "nlpkit.source": f"{message.topic()}/{message.partition()}/{message.offset()}".encode(),
+                },
+            )
+        # Before the offsets move on, the copies must be safely in Kafka too.
+        if self._dead_letter_producer.flush(30):
+            raise NlpkitError(f"dead letters could not be written to topic '{topic}'")
+
+    def _commit(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in next_offsets.items()
+            if (topic, partition) in self._assigned
+        ]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance got there first. The rows are stored and keyed by offset,
+            # so whoever re-reads these messages overwrites the same rows.
+            log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
+
+
+def _timestamp(message: Message) -> dt.datetime | None:
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE:
+        return None
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

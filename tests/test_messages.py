@@ -1,0 +1,42 @@
+"""Decoding raw message bytes: everything malformed becomes a reason, nothing raises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nlpkit.messages import Decoded, Rejected, decode_message
+
+
+def test_json_object_with_id():
+    decoded = decode_message(json.dumps({"id": 7, "text": "good"}).encode(), b"key-1")
+    assert decoded == Decoded({"id": 7, "text": "good"}, "7", None)
+
+
+def test_plain_text_keeps_the_key_as_id():
+    assert decode_message("ünïcode text".encode(), b"k") == Decoded({"text": "ünïcode text"}, "k", None)
+
+
+def test_task_field_routes():
+    assert decode_message(b'{"text": "x", "task": "sentiment"}', None).task == "sentiment"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty message"),
+        (b"   ", "empty message"),
+        (b"\xff\xfe bad", "not valid UTF-8"),
+        (b'{"text": "unterminated', "invalid JSON"),
+        (b"[1, 2]", "JSON message must be an object, not list"),
+        (b'{"text": "x", "task": 3}', "field 'task' must be a string"),
+        (b'{"text": "x", "id": {"a": 1}}', "field 'id' must be a string or number"),
+        (b"x" * 101, "over the limit of 100"),
+        (b"[" * 100_000, "invalid JSON"),
+    ],
+)
+def test_malformed_messages_are_rejected_with_a_reason(value, reason):
+    result = decode_message(value, None, max_bytes=100 if value == b"x" * 101 else 1_000_000)
+    assert isinstance(result, Rejected)
+    assert reason in result.reason

@@ -1,0 +1,223 @@
+"""The Kafka worker against a real broker and real databases.
+
+Every good message ends up as exactly one prediction row and every bad one as exactly
+one dead letter, the committed offsets reach the end of the topic, and that stays
+true when a worker is killed mid-stream or two workers share the partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from sqlalchemy import func, select
+
+from nlpkit import dbmigrate
+from nlpkit.engine import Engine
+from nlpkit.kafkaio import create_topic, produce
+from nlpkit.modeling import load_model
+from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.stream import Worker, WorkerConfig
+from nlpkit_plugins.sentiment import SentimentTask
+
+pytestmark = pytest.mark.integration
+
+MAX_BYTES = 2_000
+# (value, expected reason) for each way a message can be malformed.
+MALFORMED = [
+    (b"\xff\xfe\xfd not utf-8", "not valid UTF-8"),
+    (b'{"id": 1, "text": "unterminated', "invalid JSON"),
+    (b'{"id": 2}', "missing field 'text'"),
+    (b'{"id": 3, "text": "   "}', "field 'text' is empty"),
+    (b'{"id": 4, "text": 42}', "field 'text' must be a string"),
+    (b"x" * (MAX_BYTES + 1), "over the limit"),
+    (b"[1, 2, 3]", "JSON message must be an object"),
+    (None, "empty message"),
+]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def good_message(index: int) -> tuple[bytes, bytes]:
+    if index % 3 == 0:  # plain text, id from the key
+        return f"good-{index}".encode(), f"plain review number {index}, quite good".encode()
+    return f"k{index}".encode(), json.dumps({"id": f"good-{index}", "text": f"review {index}: a fine film"}).encode()
+
+
+def mixed_messages(total: int) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
+    """``total`` messages with every malformed kind spread through them; returns (messages, bad count)."""
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    bad = 0
+    for index in range(total):
+        if index % 25 == 7:  # 40 in 1000: five of each malformed kind
+            value, _reason = MALFORMED[bad % len(MALFORMED)]
+            messages.append((f"bad-{index}".encode(), value))
+            bad += 1
+        else:
+            messages.append(good_message(index))
+    return messages, bad
+
+
+def migrated(url: str) -> Database:
+    database = Database(url)
+    dbmigrate.upgrade(database.engine)
+    return database
+
+
+def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int], list[int]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+        return [tp.offset for tp in committed], ends
+    finally:
+        consumer.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    committed, ends = committed_and_end(bootstrap, group, topic, partitions)
+    return committed == ends
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'stream.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
+    kafka_broker, database_url, sentiment_model_dir
+):
+    bootstrap = kafka_broker.bootstrap_servers
+    topic, group = unique("reviews"), unique("group")
+    create_topic(bootstrap, topic, partitions=3)
+    messages, bad = mixed_messages(1000)
+    produce(bootstrap, topic, messages)
+    database = migrated(database_url)
+    task = SentimentTask(load_model(str(sentiment_model_dir), SentimentTask.model_class))
+    config = WorkerConfig(
+        topics=[topic], group=group, bootstrap_servers=bootstrap, batch_size=50, max_messages=1000,
+        max_message_bytes=MAX_BYTES,
+    )
+    stats = Worker(config, {"sentiment": Engine(task)}, database).run()
+
+    assert (stats.messages, stats.predictions, stats.dead_letters) == (1000, 1000 - bad, bad)
+    with database.session() as session:
+        ids = session.scalars(select(PredictionRow.record_id)).all()
+        reasons = session.scalars(select(DeadLetterRow.reason)).all()
+        raw = set(session.scalars(select(DeadLetterRow.raw_value)).all())
+        row = session.scalar(select(PredictionRow).where(PredictionRow.record_id == "good-1"))
+    assert sorted(ids) == sorted(f"good-{i}" for i in range(1000) if i % 25 != 7)
+    assert len(reasons) == bad
+    for value, reason in MALFORMED:
+        assert sum(reason in r for r in reasons) == bad // len(MALFORMED), reason
+        assert value in raw  # the exact bytes are kept for replay
+    assert row.input_text == "review 1: a fine film"
+    assert (row.task, row.backend, row.model_name) == ("sentiment", "torch", str(sentiment_model_dir))
+    assert row.output["label"] == row.label and set(row.output) == {"label", "score", "scores", "truncated"}
+    assert row.source_topic == topic and row.source_key == "k1" and row.message_timestamp is not None
+    committed, ends = committed_and_end(bootstrap, group, topic, 3)
+    assert committed == ends
+    database.dispose()
+
+
+# --- worker processes -----------------------------------------------------------------------------
+
+
+def start_worker(topic: str, group: str, bootstrap: str, url: str, model: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nlpkit", "--database-url", url, "consume", "--topic", topic, "--task", "sentiment",
+         "--group", group, "--bootstrap-servers", bootstrap, "--model", str(model), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NLPKIT_THREADS": "1"},
+    )
+
+
+def wait_for(condition, timeout: float, what: str, processes=()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for process in processes:
+            if process.poll() is not None:
+                pytest.fail(f"worker exited early while waiting for {what}:\n{process.stdout.read()}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def stored(database: Database) -> int:
+    with database.session() as session:
+        return int(session.scalar(select(func.count()).select_from(PredictionRow)))
+
+
+def distinct_offsets(database: Database) -> set[tuple[int, int]]:
+    with database.session() as session:
+        return set(session.execute(select(PredictionRow.source_partition, PredictionRow.source_offset)).all())
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(kafka_broker, tmp_path, sentiment_model_dir):
+    bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("kill"), unique("group")
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    database = migrated(url)
+    create_topic(bootstrap, topic, partitions=2)
+    produce(bootstrap, topic, [good_message(i) for i in range(1000)])
+
+    first = start_worker(topic, group, bootstrap, url, sentiment_model_dir, "--batch-size", "10")
+    wait_for(lambda: stored(database) >= 150, 120, "the first rows", [first])
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    killed_at = stored(database)
+    assert killed_at < 1000, "the worker finished before it could be killed: the test proves nothing"
+
+    second = start_worker(topic, group, bootstrap, url, sentiment_model_dir, "--batch-size", "50")
+    wait_for(lambda: caught_up(bootstrap, group, topic, 2), 120, "offsets to reach the end", [second])
+    stop(second)
+    assert stored(database) == 1000
+    ends = committed_and_end(bootstrap, group, topic, 2)[1]
+    assert distinct_offsets(database) == {(p, o) for p in range(2) for o in range(ends[p])}
+    database.dispose()
+
+
+def test_two_workers_in_one_group_store_every_message_exactly_once(kafka_broker, postgres_url, sentiment_model_dir):
+    bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("pair"), unique("group")
+    database = migrated(postgres_url)
+    create_topic(bootstrap, topic, partitions=4)
+    workers = [start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "20")
+               for _ in range(2)]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive: its futures die with it
+
+    def both_assigned() -> bool:
+        """The group has settled with both members holding partitions, so producing starts no rebalance."""
+        description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+        return len(description.members) == 2 and all(m.assignment.topic_partitions for m in description.members)
+
+    wait_for(both_assigned, 120, "both workers to join the group", workers)
+    produce(bootstrap, topic, [good_message(i) for i in range(1000)])
+    wait_for(lambda: stored(database) >= 1000, 120, "1000 rows", workers)
+    wait_for(lambda: caught_up(bootstrap, group, topic, 4), 60, "offsets to reach the end", workers)
+    logs = [stop(worker) for worker in workers]
+    assert stored(database) == 1000
+    assert len(distinct_offsets(database)) == 1000
+    consumed = [int(log.rsplit("consumed ", 1)[1].split()[0]) for log in logs]
+    assert all(count > 0 for count in consumed), logs
+    assert sum(consumed) == 1000
+    database.dispose()
