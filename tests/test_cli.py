@@ -1,0 +1,111 @@
+"""The command line: predict's input and output contract, models and db commands, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from nlpkit.cli import build_cli
+
+
+@pytest.fixture
+def nlpkit(nlpkit_home):
+    """Run the CLI in-process against an isolated NLPKIT_HOME; returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(build_cli(), list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def test_predict_texts_given_as_arguments(nlpkit, sentiment_model_dir):
+    result = nlpkit("predict", "sentiment", "a good film", "bad", "--model", str(sentiment_model_dir))
+    assert result.exit_code == 0, result.stderr
+    outputs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(outputs) == 2
+    assert all(set(o) == {"label", "score", "scores", "truncated"} for o in outputs)
+
+
+def test_predict_reads_json_and_plain_lines_from_stdin_one_output_per_line(nlpkit, sentiment_model_dir):
+    lines = ['{"id": 1, "text": "great"}', "plain text line", '{"text": ""}', "another"]
+    result = nlpkit("predict", "sentiment", "--model", str(sentiment_model_dir), input="\n".join(lines) + "\n")
+    outputs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(outputs) == 4
+    assert outputs[2] == {"error": "field 'text' is empty"}
+    assert "label" in outputs[0] and "label" in outputs[1] and "label" in outputs[3]
+    assert result.exit_code == 1
+    assert "1 input line(s) could not be processed" in result.stderr
+
+
+def test_predict_reads_a_file(nlpkit, sentiment_model_dir, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"review {i}"}) for i in range(70)) + "\n")
+    result = nlpkit("predict", "sentiment", "--model", str(sentiment_model_dir), "--input", str(path))
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 70
+
+
+def test_a_hub_id_offline_fails_in_one_line_saying_what_to_do(nlpkit):
+    result = nlpkit("predict", "sentiment", "hello", "--model", "distilbert/no-such-model-here")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "'distilbert/no-such-model-here' is not a local directory, not a registered model" in line
+    assert "nlpkit models convert" in line
+
+
+def test_no_registered_model_says_how_to_get_one(nlpkit):
+    nlpkit("db", "upgrade")
+    result = nlpkit("predict", "sentiment", "hello")
+    assert result.exit_code == 1
+    assert "no model is registered for task 'sentiment'" in result.stderr
+    assert "nlpkit train sentiment" in result.stderr
+
+
+def test_commands_needing_the_schema_ask_for_db_upgrade(nlpkit):
+    result = nlpkit("models", "list")
+    assert result.exit_code == 1
+    assert "run `nlpkit db upgrade` first" in result.stderr
+
+
+def test_db_upgrade_current_history_downgrade(nlpkit):
+    assert nlpkit("db", "current").stdout.strip() == "base (no schema)"
+    assert nlpkit("db", "upgrade").exit_code == 0
+    assert nlpkit("db", "current").stdout.strip() == "0001"
+    assert "base -> 0001" in nlpkit("db", "history").stdout
+    assert nlpkit("db", "downgrade", "base").exit_code == 0
+    assert nlpkit("db", "current").stdout.strip() == "base (no schema)"
+
+
+def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home):
+    from nlpkit import settings
+    from nlpkit.modeling import model_revision
+    from nlpkit.store import Database
+
+    nlpkit("db", "upgrade")
+    Database(settings.get("database_url")).register_model(
+        name="tiny", task="sentiment", path=sentiment_model_dir, revision=model_revision(sentiment_model_dir)
+    )
+    listing = json.loads(nlpkit("models", "list", "--json").stdout)
+    assert [m["name"] for m in listing] == ["tiny"]
+    by_name = nlpkit("predict", "sentiment", "good", "--model", "tiny")
+    by_default = nlpkit("predict", "sentiment", "good")  # newest registered for the task
+    by_path = nlpkit("predict", "sentiment", "good", "--model", str(sentiment_model_dir))
+    assert by_name.stdout == by_default.stdout == by_path.stdout
+    assert json.loads(nlpkit("models", "show", "tiny").stdout)["task"] == "sentiment"
+    assert nlpkit("models", "remove", "tiny").exit_code == 0
+    assert "no model named 'tiny'" in nlpkit("models", "show", "tiny").stderr
+
+
+def test_unknown_task_is_a_one_line_error(nlpkit):
+    result = nlpkit("predict", "nope", "text")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: unknown task 'nope'; known tasks: sentiment"
+
+
+def test_bad_database_url_is_a_one_line_error(nlpkit):
+    result = nlpkit("--database-url", "nonsense://", "db", "current")
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1

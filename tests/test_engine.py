@@ -1,0 +1,90 @@
+"""The engine: order, batching by length and token budget, isolation of failing records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+
+from nlpkit.engine import Engine, RecordFailure
+from nlpkit.modeling import load_model
+from nlpkit.tasks import Prediction, Record, Window
+from nlpkit_plugins.sentiment import SentimentTask
+
+TEXTS = [
+    "a good film",
+    "terrible",
+    "the movie was great and the acting was good , but the story was bad " * 3,
+    "fine",
+    "what a wonderful , moving and funny film",
+]
+
+
+@pytest.fixture
+def task(sentiment_model_dir):
+    return SentimentTask(load_model(str(sentiment_model_dir), SentimentTask.model_class))
+
+
+def records(texts):
+    return [Record({"text": text}) for text in texts]
+
+
+def test_results_come_back_in_input_order_whatever_the_batching(task):
+    one_at_a_time = [Engine(task, batch_size=1).predict(records([text]))[0] for text in TEXTS]
+    batched = Engine(task, batch_size=2).predict(records(TEXTS))
+    for single, together in zip(one_at_a_time, batched):
+        assert single.label == together.label
+        assert together.score == pytest.approx(single.score, abs=1e-5)
+
+
+def test_batches_are_sorted_by_length_and_respect_the_token_budget(task):
+    engine = Engine(task, batch_size=3, max_batch_tokens=40)
+    items = [window for record_windows in task.windows(records(TEXTS)) for window in record_windows]
+    from nlpkit.engine import _Item
+
+    batches = engine._batches([_Item(i, 0, window.input_ids) for i, window in enumerate(items)])
+    lengths = [len(item.ids) for batch in batches for item in batch]
+    assert lengths == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * len(batch[0].ids) <= 40
+
+
+class ExplodingTask(SentimentTask):
+    """Fails in the model for any text containing 'boom', the way a poison record would."""
+
+    def windows(self, recs: Sequence[Record]) -> list[list[Window]]:
+        windows = super().windows(recs)
+        return [
+            [Window([*w.input_ids[:-1], 10**6, w.input_ids[-1]], w.context) for w in ws]
+            if "boom" in record.fields["text"]
+            else ws
+            for record, ws in zip(recs, windows)
+        ]
+
+
+def test_a_record_that_breaks_the_model_fails_alone(sentiment_model_dir):
+    task = ExplodingTask(load_model(str(sentiment_model_dir), SentimentTask.model_class))
+    outcomes = Engine(task, batch_size=8).run(records(["good", "boom goes the film", "bad"]))
+    assert isinstance(outcomes[0], Prediction) and isinstance(outcomes[2], Prediction)
+    assert isinstance(outcomes[1], RecordFailure)
+    assert "model failed" in outcomes[1].reason
+
+
+class BadPostprocess(SentimentTask):
+    def postprocess(self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray]]):
+        if record.fields["text"] == "odd":
+            raise ValueError("cannot handle this one")
+        return super().postprocess(record, windows, outputs)
+
+
+def test_postprocessing_failure_is_isolated_and_predict_raises(sentiment_model_dir):
+    task = BadPostprocess(load_model(str(sentiment_model_dir), SentimentTask.model_class))
+    outcomes = Engine(task).run(records(["good", "odd"]))
+    assert isinstance(outcomes[0], Prediction)
+    assert outcomes[1] == RecordFailure("postprocessing failed: ValueError: cannot handle this one")
+    from nlpkit.errors import NlpkitError
+
+    with pytest.raises(NlpkitError, match="record 2"):
+        Engine(task).predict(records(["good", "odd"]))

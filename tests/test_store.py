@@ -1,0 +1,128 @@
+"""Storage: migrations are the only schema source, writes are idempotent upserts."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from nlpkit import dbmigrate
+from nlpkit.errors import DatabaseNotReadyError
+from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, redact_url, utcnow
+
+
+def prediction(offset: int, label: str = "positive", **overrides):
+    row = {
+        "task": "sentiment",
+        "model_name": "m",
+        "model_revision": "abc",
+        "backend": "torch",
+        "source_topic": "reviews",
+        "source_partition": 0,
+        "source_offset": offset,
+        "source_key": None,
+        "record_id": str(offset),
+        "input_text": f"text {offset}",
+        "input_extra": None,
+        "label": label,
+        "score": 0.9,
+        "output": {"label": label, "score": 0.9},
+        "message_timestamp": utcnow(),
+        "stored_at": utcnow(),
+    }
+    return row | overrides
+
+
+def dead_letter(offset: int):
+    return {
+        "task": "sentiment",
+        "source_topic": "reviews",
+        "source_partition": 0,
+        "source_offset": offset,
+        "source_key": b"\xff",
+        "raw_value": b"\x00\xfe raw",
+        "reason": "not valid UTF-8",
+        "stage": "decode",
+        "message_timestamp": None,
+        "stored_at": utcnow(),
+        "replayed_at": None,
+    }
+
+
+def check_migrations_match_models(database: Database) -> None:
+    with database.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_migrations_build_exactly_the_mapped_schema_on_sqlite(database):
+    check_migrations_match_models(database)
+
+
+@pytest.mark.integration
+def test_migrations_build_exactly_the_mapped_schema_on_postgresql(postgres_url):
+    database = Database(postgres_url)
+    dbmigrate.upgrade(database.engine)
+    check_migrations_match_models(database)
+    dbmigrate.downgrade(database.engine, "base")
+    assert dbmigrate.current_revision(database.engine) is None
+    database.dispose()
+
+
+def test_an_unmigrated_database_is_refused_with_the_command_to_run(sqlite_url):
+    with pytest.raises(DatabaseNotReadyError, match="run `nlpkit db upgrade`"):
+        Database(sqlite_url).check_schema()
+
+
+def write_and_replay(database: Database) -> None:
+    database.write_batch([prediction(0), prediction(1)], [dead_letter(2)])
+    # The same batch again (a replay after a crash), with a changed label: overwritten, not duplicated.
+    database.write_batch([prediction(0, label="negative"), prediction(1)], [dead_letter(2)])
+    assert database.count(PredictionRow) == 2
+    assert database.count(DeadLetterRow) == 1
+    with database.session() as session:
+        labels = dict(session.execute(select(PredictionRow.source_offset, PredictionRow.label)).all())
+        raw = session.scalar(select(DeadLetterRow.raw_value))
+    assert labels == {0: "negative", 1: "positive"}
+    assert raw == b"\x00\xfe raw"
+
+
+def test_writes_are_idempotent_upserts_on_sqlite(database):
+    write_and_replay(database)
+
+
+@pytest.mark.integration
+def test_writes_are_idempotent_upserts_on_postgresql(postgres_url):
+    database = Database(postgres_url)
+    dbmigrate.upgrade(database.engine)
+    write_and_replay(database)
+    database.dispose()
+
+
+def test_model_registry_round_trip(database, tmp_path):
+    database.register_model(name="m", task="sentiment", path=tmp_path, revision="r1", metrics={"accuracy": 0.9})
+    database.register_model(name="m", task="sentiment", path=tmp_path, revision="r2")
+    [entry] = database.list_models("sentiment")
+    assert (entry.name, entry.revision, entry.path) == ("m", "r2", tmp_path.resolve())
+    assert database.model_path("m") == tmp_path.resolve()
+    assert database.remove_model("m") is True
+    assert database.find_model("m") is None
+    assert database.remove_model("m") is False
+
+
+def test_training_runs_record_status_metrics_and_duration(database):
+    run_id = database.start_run(kind="train", task="sentiment", model_name="m", base_model="b", params={"lr": 1e-4})
+    database.record_run_metrics(run_id, [{"epoch": 1, "accuracy": 0.8}])
+    database.finish_run(run_id, "succeeded")
+    from nlpkit.store import TrainingRunRow
+
+    with database.session() as session:
+        run = session.get_one(TrainingRunRow, run_id)
+        assert (run.status, run.metrics, run.params) == ("succeeded", [{"epoch": 1, "accuracy": 0.8}], {"lr": 1e-4})
+        assert run.duration_s is not None and run.duration_s >= 0
+
+
+def test_passwords_are_masked_in_urls():
+    assert redact_url("postgresql+psycopg://nlpkit:s3cret@127.0.0.1:5433/nlpkit") == (
+        "postgresql+psycopg://nlpkit:***@127.0.0.1:5433/nlpkit"
+    )
