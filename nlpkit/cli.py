@@ -131,28 +131,38 @@ def _predict_command(task_class: type) -> click.Command:
     @model_options
     @click.option("--batch-size", default=32, show_default=True, help="Most sequences per forward pass.")
     @pass_state
-    def command(state: CliState, texts: tuple[str, ...], input_path: str | None, model: str | None,
-                backend: str, device: str, batch_size: int) -> None:
+    def command(
+        state: CliState,
+        texts: tuple[str, ...],
+        input_path: str | None,
+        model: str | None,
+        backend: str,
+        device: str,
+        batch_size: int,
+    ) -> None:
         from nlpkit.data import input_lines
         from nlpkit.pipelines import ModelRegistry, Pipeline, load_task
 
         if not texts and input_path is None and sys.stdin.isatty():
             raise click.UsageError("give texts as arguments, or --input FILE, or pipe lines to stdin")
-        task = load_task(task_class.name, model, backend=backend, device=device,
-                         registry=ModelRegistry(state.database(check=False)))
+        task = load_task(
+            task_class.name, model, backend=backend, device=device, registry=ModelRegistry(state.database(check=False))
+        )
         failures = _print_predictions(Pipeline(task, batch_size=batch_size), input_lines(input_path, texts))
         if failures:
-            raise NlpkitError(f"{failures} input line(s) could not be processed (see their \"error\" objects)")
+            raise NlpkitError(f'{failures} input line(s) could not be processed (see their "error" objects)')
 
     return command
 
 
 def model_options(function: Any) -> Any:
-    for option in reversed([
-        click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task]."),
-        click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task]."),
+            click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        ]
+    ):
         function = option(function)
     return function
 
@@ -200,26 +210,53 @@ def _bootstrap_option(function: Any) -> Any:
 
 @cli.command()
 @click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
-@click.option("--task", "tasks", multiple=True, required=True,
-              help="Task to run (repeatable; a message's 'task' field picks one, default the first).")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    required=True,
+    help="Task to run (repeatable; a message's 'task' field picks one, default the first).",
+)
 @click.option("--group", help="Consumer group [nlpkit-TASK].")
 @_bootstrap_option
-@click.option("--model", "models", multiple=True, metavar="[TASK=]REF",
-              help="Model for a task (TASK=REF with several tasks) [newest registered].")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="[TASK=]REF",
+    help="Model for a task (TASK=REF with several tasks) [newest registered].",
+)
 @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Most messages per poll and transaction.")
 @click.option("--max-messages", type=int, help="Stop after this many messages.")
-@click.option("--max-message-bytes", type=int, default=100_000, show_default=True,
-              help="Larger messages become dead letters.")
+@click.option(
+    "--max-message-bytes", type=int, default=100_000, show_default=True, help="Larger messages become dead letters."
+)
 @click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
-@click.option("-X", "consumer_settings", multiple=True, metavar="KEY=VALUE",
-              help="librdkafka consumer setting, passed through (repeatable).")
+@click.option(
+    "-X",
+    "consumer_settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="librdkafka consumer setting, passed through (repeatable).",
+)
 @pass_state
-def consume(state: CliState, topics: tuple[str, ...], tasks: tuple[str, ...], group: str | None,
-            bootstrap_servers: str | None, models: tuple[str, ...], backend: str, device: str, batch_size: int,
-            max_messages: int | None, max_message_bytes: int, dead_letter_topic: str | None,
-            consumer_settings: tuple[str, ...]) -> None:
+def consume(
+    state: CliState,
+    topics: tuple[str, ...],
+    tasks: tuple[str, ...],
+    group: str | None,
+    bootstrap_servers: str | None,
+    models: tuple[str, ...],
+    backend: str,
+    device: str,
+    batch_size: int,
+    max_messages: int | None,
+    max_message_bytes: int,
+    dead_letter_topic: str | None,
+    consumer_settings: tuple[str, ...],
+) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
     from nlpkit.engine import Engine
     from nlpkit.modeling import configure_threads
@@ -283,8 +320,15 @@ def _key_value(item: str) -> tuple[str, str]:
 @click.option("--key-field", default="id", show_default=True, help="Field used as the message key, if present.")
 @click.option("--sample", type=int, help="Send a random sample of this many rows.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --sample.")
-def send(topic: str, file: Path, bootstrap_servers: str | None, text_column: str | None, key_field: str,
-         sample: int | None, seed: int) -> None:
+def send(
+    topic: str,
+    file: Path,
+    bootstrap_servers: str | None,
+    text_column: str | None,
+    key_field: str,
+    sample: int | None,
+    seed: int,
+) -> None:
     """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages."""
     from tqdm import tqdm
 
@@ -367,8 +411,9 @@ def models_list(state: CliState, task: str | None, as_json: bool) -> None:
     table = Table("name", "task", "revision", "metrics", "created", "path")
     for entry in entries:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in (entry.metrics or {}).items() if isinstance(v, (int, float)))
-        table.add_row(entry.name, entry.task, entry.revision, metrics, f"{entry.created_at:%Y-%m-%d %H:%M}",
-                      str(entry.path))
+        table.add_row(
+            entry.name, entry.task, entry.revision, metrics, f"{entry.created_at:%Y-%m-%d %H:%M}", str(entry.path)
+        )
     Console().print(table)
 
 

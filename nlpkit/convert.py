@@ -11,10 +11,10 @@ layers gives the student initialisation of the DistilBERT paper.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,10 +28,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 from transformers.activations import ACT2FN
-from transformers.utils import logging as hf_logging
 
 from nlpkit.errors import NlpkitError
-from nlpkit.modeling import WEIGHT_FILES, write_metadata
+from nlpkit.modeling import WEIGHT_FILES, quiet_loading, write_metadata
 
 # DistilBERT hard-codes this in every LayerNorm; its config has no field for it.
 DISTILBERT_LAYER_NORM_EPS = 1e-12
@@ -63,9 +62,7 @@ class ConversionError(NlpkitError, ValueError):
     """A checkpoint or option that cannot be converted exactly; the message says why."""
 
 
-def convert_bert_to_distilbert(
-    src: str | Path, dest: str | Path, *, layers: Sequence[int] | None = None
-) -> Path:
+def convert_bert_to_distilbert(src: str | Path, dest: str | Path, *, layers: Sequence[int] | None = None) -> Path:
     """Write to ``dest`` a DistilBERT checkpoint equivalent to the BERT checkpoint in ``src``.
 
     ``src`` is a directory with ``config.json`` (model_type ``bert``), weights in
@@ -119,7 +116,7 @@ def convert_bert_to_distilbert(
         state = _encoder_state(weights, kept, prefix="")
     model.to(weights["embeddings.word_embeddings.weight"].dtype)
     model.load_state_dict(state, strict=True)
-    with without_progress_bars():
+    with quiet_loading():
         model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     write_metadata(target, converted_from=str(source.resolve()), kept_layers=kept)
@@ -147,25 +144,9 @@ def select_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
             f"layer indices {out_of_range} are out of range: the model has {num_layers} layers, "
             f"numbered 0 to {num_layers - 1}"
         )
-    if any(later <= earlier for earlier, later in zip(kept, kept[1:])):
+    if any(later <= earlier for earlier, later in itertools.pairwise(kept)):
         raise ConversionError(f"layer indices must be strictly increasing without repeats, got {kept}")
     return kept
-
-
-@contextlib.contextmanager
-def without_progress_bars() -> Iterator[None]:
-    """Hide the tqdm bars transformers 5 draws on every save and load of a model.
-
-    A one-file model still gets "Writing model shards" and "Loading weights" bars,
-    which clutter CLI output and captured test logs.
-    """
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _read_bert_config(source: Path) -> BertConfig:

@@ -82,7 +82,7 @@ class Engine:
             for w, window in enumerate(record_windows)
         ]
         for batch in self._batches(items):
-            for item, result in zip(batch, self._forward_isolating(batch)):
+            for item, result in zip(batch, self._forward_isolating(batch), strict=True):
                 if isinstance(result, RecordFailure):
                     failures.setdefault(item.record, result)
                 else:

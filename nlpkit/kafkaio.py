@@ -53,9 +53,7 @@ def create_topic(bootstrap_servers: str, name: str, partitions: int, replication
 def list_topics(bootstrap_servers: str) -> dict[str, int]:
     """Topic name -> partition count, leaving out Kafka's internal topics."""
     metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
-    return {
-        name: len(topic.partitions) for name, topic in sorted(metadata.topics.items()) if not name.startswith("__")
-    }
+    return {name: len(topic.partitions) for name, topic in sorted(metadata.topics.items()) if not name.startswith("__")}
 
 
 def file_messages(
@@ -103,9 +101,7 @@ def produce(
     Raises NlpkitError if any message was not acknowledged, so a caller never believes
     data reached the topic when it did not.
     """
-    producer = Producer(
-        client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides})
-    )
+    producer = Producer(client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides}))
     failures: list[str] = []
 
     def on_delivery(error: KafkaError | None, _message: Any) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 def accuracy(predicted: Sequence[str], gold: Sequence[str]) -> float:
     _check_lengths(predicted, gold)
-    return sum(p == g for p, g in zip(predicted, gold)) / len(gold) if gold else 0.0
+    return sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold) if gold else 0.0
 
 
 def macro_f1(predicted: Sequence[str], gold: Sequence[str]) -> float:
@@ -18,7 +18,7 @@ def macro_f1(predicted: Sequence[str], gold: Sequence[str]) -> float:
     true_positive: Counter[str] = Counter()
     predicted_count = Counter(predicted)
     gold_count = Counter(gold)
-    for p, g in zip(predicted, gold):
+    for p, g in zip(predicted, gold, strict=True):
         if p == g:
             true_positive[p] += 1
     labels = set(predicted_count) | set(gold_count)

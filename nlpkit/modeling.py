@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 
@@ -222,7 +223,8 @@ def load_model(
     chosen_device = pick_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = getattr(transformers, model_class).from_pretrained(path)
+        with quiet_loading():
+            model = getattr(transformers, model_class).from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{ref}' from {path}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -238,3 +240,19 @@ def load_model(
         backend=get_backend(backend),
         device=chosen_device,
     )
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide what transformers prints on every load and save: progress bars even for one-file
+    models, and load reports about heads that are new on purpose (fine-tuning adds them)."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -95,16 +95,13 @@ def plugin_infos() -> list[PluginInfo]:
     """Every loaded plugin with its distribution, version and the hooks it implements."""
     load_plugins()
     distributions = {
-        entry_point.name: entry_point.dist
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        entry_point.name: entry_point.dist for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     }
     infos = []
     for name, plugin in pm.list_name_plugin():
         dist = distributions.get(name)
         hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
-        infos.append(
-            PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks)
-        )
+        infos.append(PluginInfo(name, dist.name if dist else None, dist.version if dist else None, hooks))
     return sorted(infos, key=lambda info: info.name)
 
 
@@ -118,8 +115,7 @@ def task_classes() -> dict[str, type]:
             name = task_class.name
             if name in found and found[name] is not task_class:
                 raise PluginLoadError(
-                    f"task '{name}' is registered twice: by {_qualname(found[name])} "
-                    f"and by {_qualname(task_class)}"
+                    f"task '{name}' is registered twice: by {_qualname(found[name])} and by {_qualname(task_class)}"
                 )
             found[name] = task_class
 

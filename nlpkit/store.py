@@ -182,9 +182,7 @@ class Database:
         current, head = dbmigrate.current_revision(self.engine), dbmigrate.head_revision()
         if current != head:
             state = "has no nlpkit tables" if current is None else f"is at revision {current}, not {head}"
-            raise DatabaseNotReadyError(
-                f"database {redact_url(self.url)} {state}; run `nlpkit db upgrade` first"
-            )
+            raise DatabaseNotReadyError(f"database {redact_url(self.url)} {state}; run `nlpkit db upgrade` first")
 
     def write_batch(self, predictions: Sequence[dict[str, Any]], dead_letters: Sequence[dict[str, Any]]) -> None:
         """Upsert predictions and dead letters in one transaction."""
@@ -248,7 +246,9 @@ class Database:
 
     # --- training runs ------------------------------------------------------------
 
-    def start_run(self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]) -> int:
+    def start_run(
+        self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]
+    ) -> int:
         with self.session() as session:
             run = TrainingRunRow(
                 kind=kind,

@@ -202,7 +202,7 @@ class Worker:
                 routed[task].append((message, record_or_reason))
         for task, items in routed.items():
             outcomes = self.engines[task].run([record for _message, record in items])
-            for (message, record), outcome in zip(items, outcomes):
+            for (message, record), outcome in zip(items, outcomes, strict=True):
                 if isinstance(outcome, RecordFailure):
                     self._dead(batch, message, task, Rejected(outcome.reason, stage="model"))
                 else:

@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from nlpkit.convert import without_progress_bars
+from nlpkit.modeling import quiet_loading
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -196,7 +196,7 @@ def _save_model(
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.05)
-    with without_progress_bars():
+    with quiet_loading():
         model.save_pretrained(path)
     _save_tokenizer(tokenizer_class, path, config.max_position_embeddings)
     return path

@@ -33,7 +33,7 @@ def records(texts):
 def test_results_come_back_in_input_order_whatever_the_batching(task):
     one_at_a_time = [Engine(task, batch_size=1).predict(records([text]))[0] for text in TEXTS]
     batched = Engine(task, batch_size=2).predict(records(TEXTS))
-    for single, together in zip(one_at_a_time, batched):
+    for single, together in zip(one_at_a_time, batched, strict=True):
         assert single.label == together.label
         assert together.score == pytest.approx(single.score, abs=1e-5)
 
@@ -60,7 +60,7 @@ class ExplodingTask(SentimentTask):
             [Window([*w.input_ids[:-1], 10**6, w.input_ids[-1]], w.context) for w in ws]
             if "boom" in record.fields["text"]
             else ws
-            for record, ws in zip(recs, windows)
+            for record, ws in zip(recs, windows, strict=True)
         ]
 
 

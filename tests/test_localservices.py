@@ -35,12 +35,14 @@ def _produce(broker: KafkaBroker, topic: str, values: list[str], partitions: int
 
 
 def _group_consumer(broker: KafkaBroker, group: str, topic: str) -> Consumer:
-    consumer = Consumer({
-        "bootstrap.servers": broker.bootstrap_servers,
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     return consumer
 

@@ -31,7 +31,10 @@ def run_nlpkit(*args: str, pythonpath: Path | None = None, **env: str) -> subpro
         environment["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
         [sys.executable, "-c", "from nlpkit.cli import main; main()", *args],
-        capture_output=True, text=True, env=environment, timeout=120,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
     )
 
 
@@ -55,7 +58,10 @@ def test_the_environment_variable_restricts_which_plugins_load():
 
 
 def test_a_third_party_plugin_adds_a_task_through_the_same_entry_point_group(tmp_path):
-    make_distribution(tmp_path, "nlpkit-echo", """
+    make_distribution(
+        tmp_path,
+        "nlpkit-echo",
+        """
         from nlpkit import hookimpl
         from nlpkit_plugins.sentiment import SentimentTask
 
@@ -66,11 +72,15 @@ def test_a_third_party_plugin_adds_a_task_through_the_same_entry_point_group(tmp
         @hookimpl
         def register_tasks(register):
             register(EchoTask)
-    """)
+    """,
+    )
     result = run_nlpkit("plugins", "--json", pythonpath=tmp_path)
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     assert plugins["nlpkit_echo"] == {
-        "name": "nlpkit_echo", "distribution": "nlpkit-echo", "version": "1.2.3", "hooks": ["register_tasks"],
+        "name": "nlpkit_echo",
+        "distribution": "nlpkit-echo",
+        "version": "1.2.3",
+        "hooks": ["register_tasks"],
     }
     assert "echo" in run_nlpkit("predict", "--help", pythonpath=tmp_path).stdout
 
@@ -87,13 +97,17 @@ def test_a_plugin_that_fails_to_import_gives_one_line_naming_it(tmp_path):
 
 
 def test_a_plugin_with_a_misspelled_hook_is_rejected(tmp_path):
-    make_distribution(tmp_path, "nlpkit-typo", """
+    make_distribution(
+        tmp_path,
+        "nlpkit-typo",
+        """
         from nlpkit import hookimpl
 
         @hookimpl
         def register_taks(register):
             pass
-    """)
+    """,
+    )
     result = run_nlpkit("plugins", pythonpath=tmp_path)
     assert result.returncode == 1
     assert "plugin 'nlpkit_typo' (nlpkit-typo 1.2.3) is invalid" in result.stderr

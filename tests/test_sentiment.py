@@ -47,7 +47,7 @@ def test_scores_match_transformers_on_the_same_truncated_input(task, sentiment_m
     model = AutoModelForSequenceClassification.from_pretrained(sentiment_model_dir).eval()
     texts = ["a good film", "bad", LONG_TEXT]
     predictions = Engine(task, batch_size=2).predict([Record({"text": t}) for t in texts])
-    for text, prediction in zip(texts, predictions):
+    for text, prediction in zip(texts, predictions, strict=True):
         encoded = tokenizer(text, truncation=True, max_length=64, return_tensors="pt")
         with torch.no_grad():
             probabilities = model(**encoded).logits.softmax(-1)[0]
@@ -74,7 +74,7 @@ def test_reads_sst2_tsv_with_either_header_and_imdb_jsonl(tmp_path: Path):
         path.write_text(f'{header}\tlabel\nit \'s a " charming " film \t1\nawful \t0\n', encoding="utf-8")
         examples = SentimentTask.read_examples(path)
         assert [e.target for e in examples] == ["positive", "negative"]
-        assert examples[0].record.fields["text"] == "it 's a \" charming \" film "
+        assert examples[0].record.fields["text"] == 'it \'s a " charming " film '
     jsonl = tmp_path / "imdb.jsonl"
     jsonl.write_text('{"id": 1, "label": 0, "text": "dull"}\n{"id": 2, "label": 1, "text": "fun"}\n')
     assert [e.target for e in SentimentTask.read_examples(jsonl)] == ["negative", "positive"]

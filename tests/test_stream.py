@@ -108,7 +108,11 @@ def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
     database = migrated(database_url)
     task = SentimentTask(load_model(str(sentiment_model_dir), SentimentTask.model_class))
     config = WorkerConfig(
-        topics=[topic], group=group, bootstrap_servers=bootstrap, batch_size=50, max_messages=1000,
+        topics=[topic],
+        group=group,
+        bootstrap_servers=bootstrap,
+        batch_size=50,
+        max_messages=1000,
         max_message_bytes=MAX_BYTES,
     )
     stats = Worker(config, {"sentiment": Engine(task)}, database).run()
@@ -138,9 +142,29 @@ def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
 
 def start_worker(topic: str, group: str, bootstrap: str, url: str, model: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "nlpkit", "--database-url", url, "consume", "--topic", topic, "--task", "sentiment",
-         "--group", group, "--bootstrap-servers", bootstrap, "--model", str(model), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NLPKIT_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "nlpkit",
+            "--database-url",
+            url,
+            "consume",
+            "--topic",
+            topic,
+            "--task",
+            "sentiment",
+            "--group",
+            group,
+            "--bootstrap-servers",
+            bootstrap,
+            "--model",
+            str(model),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "NLPKIT_THREADS": "1"},
     )
 
 
@@ -200,8 +224,9 @@ def test_two_workers_in_one_group_store_every_message_exactly_once(kafka_broker,
     bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("pair"), unique("group")
     database = migrated(postgres_url)
     create_topic(bootstrap, topic, partitions=4)
-    workers = [start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "20")
-               for _ in range(2)]
+    workers = [
+        start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "20") for _ in range(2)
+    ]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive: its futures die with it
 

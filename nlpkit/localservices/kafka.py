@@ -146,7 +146,12 @@ def _require_tools(*names: str) -> None:
 
 def _run_maven(libs: Path) -> None:
     command = [
-        "mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(_POM),
+        "mvn",
+        "-B",
+        "-q",
+        "-Dstyle.color=never",
+        "-f",
+        str(_POM),
         f"{DEPENDENCY_PLUGIN}:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={libs}",
@@ -338,8 +343,13 @@ class KafkaBroker:
         (self.data_dir / "broker.pid").write_text(f"{self._pid}\n")
         write_state(
             self._state_file,
-            {"pid": self._pid, "port": self.port, "controller_port": self.controller_port,
-             "bootstrap_servers": self.bootstrap_servers, "kafka_version": KAFKA_VERSION},
+            {
+                "pid": self._pid,
+                "port": self.port,
+                "controller_port": self.controller_port,
+                "bootstrap_servers": self.bootstrap_servers,
+                "kafka_version": KAFKA_VERSION,
+            },
         )
 
     def _answers(self, admin: AdminClient, deadline: float) -> bool:
@@ -367,13 +377,15 @@ class KafkaBroker:
         return self._consume_and_commit(token, deadline)
 
     def _consume_and_commit(self, token: str, deadline: float) -> bool:
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap_servers,
-            "group.id": f"{_PROBE_TOPIC}-{token}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            **_PROBE_CLIENT,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "group.id": f"{_PROBE_TOPIC}-{token}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                **_PROBE_CLIENT,
+            }
+        )
         try:
             consumer.subscribe([_PROBE_TOPIC])
             while time.monotonic() < deadline and self.is_running():

@@ -279,8 +279,16 @@ class PostgresServer:
         password_file.chmod(0o600)
         _give_to(password_file, account)
         command = [
-            str(bindir / "initdb"), "-D", str(self.pgdata), "-U", PG_USER, f"--pwfile={password_file}",
-            "--auth-host=scram-sha-256", "--auth-local=trust", "--no-locale", "--encoding=UTF8",
+            str(bindir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "-U",
+            PG_USER,
+            f"--pwfile={password_file}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--no-locale",
+            "--encoding=UTF8",
             "--no-instructions",
         ]
         try:
@@ -309,20 +317,35 @@ class PostgresServer:
 
     def _pg_ctl_start(self, bindir: Path, account: pwd.struct_passwd | None, timeout: float) -> None:
         command = [
-            str(bindir / "pg_ctl"), "start", "-D", str(self.pgdata), "-l", str(self.log_file),
-            "-w", "-t", str(max(1, int(timeout))),
+            str(bindir / "pg_ctl"),
+            "start",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            str(max(1, int(timeout))),
         ]
         result = subprocess.run(
             _as_account(command, account),
-            capture_output=True, text=True, cwd=self.data_dir, start_new_session=True,
+            capture_output=True,
+            text=True,
+            cwd=self.data_dir,
+            start_new_session=True,
         )
         if result.returncode != 0:
             raise ServiceError(f"PostgreSQL did not start; see {self.log_file}", log_tail(self.log_file))
 
     def _admin_connection(self) -> psycopg.Connection:
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, user=PG_USER, password=PG_PASSWORD,
-            dbname="postgres", autocommit=True, connect_timeout=10,
+            host="127.0.0.1",
+            port=self.port,
+            user=PG_USER,
+            password=PG_PASSWORD,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
         )
 
     def _ensure_database(self, name: str) -> None:

@@ -36,7 +36,7 @@ class SentimentTask(Task):
         # With overflow on, each text yields its first window and then the rest; the rest is
         # only there to tell us the text did not fit.
         windows: list[list[Window]] = [[] for _ in records]
-        for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
+        for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"], strict=True):
             if windows[sample]:
                 windows[sample][0] = Window(windows[sample][0].input_ids, context=True)
             else:
@@ -83,7 +83,7 @@ class SentimentTask(Task):
             return_attention_mask=False,
         )
         features = []
-        for example, ids in zip(examples, encoded["input_ids"]):
+        for example, ids in zip(examples, encoded["input_ids"], strict=True):
             if example.target not in label2id:
                 raise DataFormatError(
                     f"{example.source}: label '{example.target}' is not one of the model's labels "

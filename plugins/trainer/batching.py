@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+
 import torch
 
 from nlpkit.tasks import EncodedExample
@@ -36,7 +37,8 @@ def collate(features: Sequence[EncodedExample], pad_id: int, token_level: bool) 
     for row, feature in enumerate(features):
         input_ids[row, : len(feature.input_ids)] = torch.tensor(feature.input_ids)
         attention_mask[row, : len(feature.input_ids)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _labels(features, longest, token_level)}
+    labels = _labels(features, longest, token_level)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     for key in features[0].extra:
         batch[key] = torch.tensor([feature.extra[key] for feature in features])
     return batch

@@ -13,10 +13,17 @@ from nlpkit.cli import CliState, pass_state
 
 @click.command()
 @click.argument("task")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Training data (TSV, CSV or JSON lines).")
-@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Evaluated after every epoch; the best epoch's model is kept.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Training data (TSV, CSV or JSON lines).",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Evaluated after every epoch; the best epoch's model is kept.",
+)
 @click.option("--model", "base_model", required=True, metavar="REF", help="Starting checkpoint (directory or name).")
 @click.option("--name", required=True, help="Register the trained model under this name.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="[NLPKIT_HOME/models/NAME]")
@@ -25,8 +32,13 @@ from nlpkit.cli import CliState, pass_state
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded random sample of this size.")
 @click.option("--max-length", type=click.IntRange(min=8), help="Truncate training inputs to this many tokens.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="auto = bf16 where the hardware has it natively.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="auto = bf16 where the hardware has it natively.",
+)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @pass_state

@@ -34,6 +34,7 @@ from nlpkit.modeling import (
     get_backend,
     max_input_length,
     native_bf16,
+    quiet_loading,
     resolve_model_path,
     write_metadata,
 )
@@ -135,7 +136,7 @@ class _Run:
         labels = task_class.label_names(self.train_examples)
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         head = getattr(transformers, task_class.model_class)
-        with _quiet("transformers.modeling_utils"):  # "newly initialized head" is the point of fine-tuning
+        with quiet_loading():  # a "newly initialized" head is the point of fine-tuning
             model = head.from_pretrained(
                 base_path,
                 num_labels=len(labels),
@@ -190,7 +191,12 @@ class _Run:
         return FineTuneResult(self.output_dir, best, self.history, self.run_id)
 
     def _train_epoch(
-        self, model: Any, optimizer: Any, scheduler: Any, features: Sequence[EncodedExample], rng: random.Random,
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        features: Sequence[EncodedExample],
+        rng: random.Random,
         epoch: int,
     ) -> dict[str, float]:
         accelerator, config = self.accelerator, self.config
@@ -199,8 +205,9 @@ class _Run:
         pad_id = self.task.model.tokenizer.pad_token_id or 0
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   disable=not accelerator.is_local_main_process)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not accelerator.is_local_main_process
+        )
         for step, indices in enumerate(bar, start=1):
             batch = collate([features[i] for i in indices], pad_id, self.task.token_level_outputs)
             batch = {key: value.to(accelerator.device) for key, value in batch.items()}
@@ -213,16 +220,24 @@ class _Run:
             seen += len(indices)
             bar.set_postfix(loss=f"{loss_sum / step:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.0f}")
         elapsed = time.perf_counter() - started
-        return {"train_loss": loss_sum / max(len(batches), 1), "train_examples_per_s": seen / elapsed,
-                "train_seconds": elapsed}
+        return {
+            "train_loss": loss_sum / max(len(batches), 1),
+            "train_examples_per_s": seen / elapsed,
+            "train_seconds": elapsed,
+        }
 
     def _evaluate(self, model: Any) -> dict[str, float]:
         if not self.eval_examples:
             return {}
         model.eval()
         engine = Engine(self.task, batch_size=64)
-        with tqdm(total=len(self.eval_examples), desc="evaluating", unit="ex", leave=False,
-                  disable=not self.accelerator.is_local_main_process) as bar:
+        with tqdm(
+            total=len(self.eval_examples),
+            desc="evaluating",
+            unit="ex",
+            leave=False,
+            disable=not self.accelerator.is_local_main_process,
+        ) as bar:
             predictions = engine.predict([example.record for example in self.eval_examples], progress=bar.update)
         model.train()
         metrics = self.task.score(predictions, self.eval_examples)
@@ -235,7 +250,8 @@ class _Run:
             return
         staging = self.output_dir.with_name(self.output_dir.name + ".saving")
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, safe_serialization=True)
+        with quiet_loading():
+            model.save_pretrained(staging)
         self.task.model.tokenizer.save_pretrained(staging)
         write_metadata(staging, task=self.config.task, base_model=self.config.base_model, metrics=metrics)
         shutil.rmtree(self.output_dir, ignore_errors=True)
@@ -250,7 +266,7 @@ def _headline(metrics: dict[str, float]) -> float:
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases and LayerNorm weights, as BERT was trained."""
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -259,17 +275,3 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 def _fused_if_available(accelerator: Accelerator) -> dict[str, bool]:
     """torch's fused AdamW runs the whole update in one kernel per step on CPU and CUDA."""
     return {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
-
-
-class _quiet:
-    """Raise a logger's level for the duration of a block."""
-
-    def __init__(self, name: str) -> None:
-        self.logger = logging.getLogger(name)
-
-    def __enter__(self) -> None:
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *_exc: object) -> None:
-        self.logger.setLevel(self.level)
