@@ -159,7 +159,10 @@ class _Run:
     def execute(self) -> FineTuneResult:
         config, accelerator = self.config, self.accelerator
         model = self.task.model.model
-        features = self.task.encode_examples(self.train_examples, config.max_length or self.task.model.max_length)
+        max_length = config.max_length or self.task.model.max_length
+        features = self.task.encode_examples(self.train_examples, max_length)
+        # Encoding the evaluation set checks its labels against the model's before any training time is spent.
+        self.task.encode_examples(self.eval_examples, max_length)
         steps_per_epoch = math.ceil(len(features) / config.batch_size / accelerator.num_processes)
         optimizer = torch.optim.AdamW(
             _parameter_groups(model, config.weight_decay), lr=config.learning_rate, **_fused_if_available(accelerator)
