@@ -228,7 +228,7 @@ def _bootstrap_option(function: Any) -> Any:
 )
 @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="Most messages per poll and transaction.")
+@click.option("--batch-size", default=256, show_default=True, help="Most messages per poll and transaction.")
 @click.option("--max-messages", type=int, help="Stop after this many messages.")
 @click.option(
     "--max-message-bytes", type=int, default=100_000, show_default=True, help="Larger messages become dead letters."
