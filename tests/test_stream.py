@@ -16,12 +16,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pluggy
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import func, select
 
-from nlpkit import dbmigrate
+from nlpkit import dbmigrate, hookimpl, hookspecs
 from nlpkit.engine import Engine
 from nlpkit.kafkaio import create_topic, produce
 from nlpkit.modeling import load_model
@@ -85,6 +86,18 @@ def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -
         consumer.close()
 
 
+class Recorder:
+    """A plugin that counts what the predictions_stored hook reports."""
+
+    def __init__(self) -> None:
+        self.predictions = self.dead_letters = 0
+
+    @hookimpl
+    def predictions_stored(self, batch) -> None:
+        self.predictions += len(batch.predictions)
+        self.dead_letters += len(batch.dead_letters)
+
+
 def caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
     committed, ends = committed_and_end(bootstrap, group, topic, partitions)
     return committed == ends
@@ -115,9 +128,14 @@ def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
         max_messages=1000,
         max_message_bytes=MAX_BYTES,
     )
-    stats = Worker(config, {"sentiment": Engine(task)}, database).run()
+    reported = Recorder()
+    manager = pluggy.PluginManager("nlpkit")
+    manager.add_hookspecs(hookspecs)
+    manager.register(reported)
+    stats = Worker(config, {"sentiment": Engine(task)}, database, hook=manager.hook).run()
 
     assert (stats.messages, stats.predictions, stats.dead_letters) == (1000, 1000 - bad, bad)
+    assert (reported.predictions, reported.dead_letters) == (1000 - bad, bad)
     with database.session() as session:
         ids = session.scalars(select(PredictionRow.record_id)).all()
         reasons = session.scalars(select(DeadLetterRow.reason)).all()
@@ -245,4 +263,23 @@ def test_two_workers_in_one_group_store_every_message_exactly_once(kafka_broker,
     consumed = [int(log.rsplit("consumed ", 1)[1].split()[0]) for log in logs]
     assert all(count > 0 for count in consumed), logs
     assert sum(consumed) == 1000
+    database.dispose()
+
+
+def test_a_rebalance_mid_stream_hands_partitions_over_without_loss(kafka_broker, postgres_url, sentiment_model_dir):
+    bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("rebalance"), unique("group")
+    database = migrated(postgres_url)
+    create_topic(bootstrap, topic, partitions=4)
+    produce(bootstrap, topic, [good_message(i) for i in range(2000)])
+    first = start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "10")
+    wait_for(lambda: stored(database) >= 200, 120, "the first rows", [first])
+    # A second member joins: the first is asked to give up partitions while it is busy.
+    second = start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "10")
+    wait_for(lambda: caught_up(bootstrap, group, topic, 4), 180, "offsets to reach the end", [first, second])
+    logs = [stop(first), stop(second)]
+    assert "revoked" in logs[0], logs[0]
+    assert stored(database) == 2000
+    assert len(distinct_offsets(database)) == 2000
+    consumed = [int(log.rsplit("consumed ", 1)[1].split()[0]) for log in logs]
+    assert consumed[1] > 0, "the second worker never got a partition"
     database.dispose()
