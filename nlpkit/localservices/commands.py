@@ -71,6 +71,18 @@ def services() -> None:
     """Run a real Kafka broker and PostgreSQL server locally for the demo and the tests."""
 
 
+@services.command("install")
+def install() -> None:
+    """Fetch the Kafka broker's jars and install PostgreSQL if missing (cached; safe to repeat)."""
+    with _one_line_errors():
+        with _console.status(f"Fetching Apache Kafka {KAFKA_VERSION} jars (first run only)..."):
+            libs = ensure_kafka_jars()
+        _console.print(f"Kafka {KAFKA_VERSION} jars: {libs}")
+        with _console.status("Looking for PostgreSQL (installing it with apt-get if missing)..."):
+            bindir = ensure_postgres_installed()
+        _console.print(f"PostgreSQL binaries: {bindir}")
+
+
 @services.group("kafka")
 def kafka() -> None:
     """The local Apache Kafka broker (single KRaft node on 127.0.0.1; needs Java 17+ and Maven)."""

