@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,9 @@ def _predict_command(task_class: type) -> click.Command:
     @click.command(name=task_class.name, help=f"Predict {task_class.description}.")
     @click.argument("texts", nargs=-1)
     @click.option("-i", "--input", "input_path", metavar="FILE", help="Read inputs from FILE ('-' = stdin).")
-    @model_options
+    @click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task].")
+    @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
     @click.option("--batch-size", default=32, show_default=True, help="Most sequences per forward pass.")
     @pass_state
     def command(
@@ -145,58 +146,18 @@ def _predict_command(task_class: type) -> click.Command:
 
         if not texts and input_path is None and sys.stdin.isatty():
             raise click.UsageError("give texts as arguments, or --input FILE, or pipe lines to stdin")
-        task = load_task(
-            task_class.name, model, backend=backend, device=device, registry=ModelRegistry(state.database(check=False))
-        )
-        failures = _print_predictions(Pipeline(task, batch_size=batch_size), input_lines(input_path, texts))
+        registry = ModelRegistry(state.database(check=False))
+        task = load_task(task_class.name, model, backend=backend, device=device, registry=registry)
+        failures = 0
+        for output in Pipeline(task, batch_size=batch_size).stream(input_lines(input_path, texts)):
+            if isinstance(output, NlpkitError):
+                failures += 1
+                output = {"error": str(output)}
+            click.echo(json.dumps(output, ensure_ascii=False))
         if failures:
             raise NlpkitError(f'{failures} input line(s) could not be processed (see their "error" objects)')
 
     return command
-
-
-def model_options(function: Any) -> Any:
-    for option in reversed(
-        [
-            click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task]."),
-            click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16."),
-            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-        ]
-    ):
-        function = option(function)
-    return function
-
-
-def _print_predictions(pipeline: Any, lines: Iterator[dict[str, Any]], chunk: int = 512) -> int:
-    """Predict in chunks so stdin streams; an invalid line prints an error object in its place."""
-    from nlpkit.errors import InvalidRecordError
-
-    failures = 0
-    pending: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal failures
-        valid = []
-        for fields in pending:
-            try:
-                valid.append(pipeline.task.validate(fields) | ({"id": fields["id"]} if "id" in fields else {}))
-            except InvalidRecordError as exc:
-                valid.append(exc)
-        outputs = iter(pipeline([item for item in valid if not isinstance(item, Exception)]))
-        for item in valid:
-            if isinstance(item, Exception):
-                failures += 1
-                click.echo(json.dumps({"error": str(item)}))
-            else:
-                click.echo(json.dumps(next(outputs), ensure_ascii=False))
-        pending.clear()
-
-    for fields in lines:
-        pending.append(fields)
-        if len(pending) >= chunk:
-            flush()
-    flush()
-    return failures
 
 
 # --- consume and send ---------------------------------------------------------------------

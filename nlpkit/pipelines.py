@@ -7,13 +7,14 @@ task, and run inputs through the engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nlpkit import settings
 from nlpkit.engine import DEFAULT_BATCH_SIZE, Engine
-from nlpkit.errors import DatabaseNotReadyError, ModelNotFoundError
+from nlpkit.errors import DatabaseNotReadyError, InvalidRecordError, ModelNotFoundError
 from nlpkit.modeling import load_model
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
@@ -80,6 +81,26 @@ class Pipeline:
         records = [self._record(item) for item in items]
         outputs = [prediction.output for prediction in self.engine.predict(records)]
         return outputs[0] if single else outputs
+
+    def stream(
+        self, items: Iterable[str | Mapping[str, Any]], chunk: int = 512
+    ) -> Iterator[dict[str, Any] | InvalidRecordError]:
+        """Outputs in input order for an input stream of any length, ``chunk`` items at a time.
+
+        An invalid item yields its :class:`InvalidRecordError` in its place instead of
+        stopping the stream, so output lines stay aligned with input lines.
+        """
+        iterator = iter(items)
+        while block := list(itertools.islice(iterator, chunk)):
+            checked: list[Record | InvalidRecordError] = []
+            for item in block:
+                try:
+                    checked.append(self._record(item))
+                except InvalidRecordError as exc:
+                    checked.append(exc)
+            predictions = iter(self.engine.predict([item for item in checked if isinstance(item, Record)]))
+            for item in checked:
+                yield item if isinstance(item, InvalidRecordError) else next(predictions).output
 
     def _record(self, item: str | Mapping[str, Any]) -> Record:
         fields = {"text": item} if isinstance(item, str) else dict(item)

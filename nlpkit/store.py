@@ -44,6 +44,10 @@ from nlpkit.errors import DatabaseNotReadyError, NlpkitError
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# Where a row came from: the key that makes replayed writes overwrite instead of duplicate.
+SOURCE_KEY = ("source_topic", "source_partition", "source_offset", "task")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -57,7 +61,7 @@ class PredictionRow(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        UniqueConstraint("source_topic", "source_partition", "source_offset", "task", name="uq_predictions_source"),
+        UniqueConstraint(*SOURCE_KEY, name="uq_predictions_source"),
         Index("ix_predictions_task_label", "task", "label"),
     )
 
@@ -84,9 +88,7 @@ class DeadLetterRow(Base):
     """A message that could not be turned into a prediction: its raw bytes and the reason."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (
-        UniqueConstraint("source_topic", "source_partition", "source_offset", "task", name="uq_dead_letters_source"),
-    )
+    __table_args__ = (UniqueConstraint(*SOURCE_KEY, name="uq_dead_letters_source"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     task: Mapped[str] = mapped_column(String(64), index=True)
@@ -285,10 +287,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-# Where a row came from: the key that makes replayed writes overwrite instead of duplicate.
-SOURCE_KEY = ("source_topic", "source_partition", "source_offset", "task")
 
 
 def upsert(session: Session, row_class: type[Base], rows: Sequence[dict[str, Any]], key: Sequence[str]) -> None:

@@ -40,12 +40,14 @@ BACKBONE_NAME = "minilm-distilbert"
 SAMPLE_SIZE = 1000
 SAMPLE_SEED = 2026
 # Training budget for the first run: one epoch over a seeded sample of SST-2's full
-# sentences. SST-2's training file is mostly short phrases cut from those sentences; the
-# demo classifies whole reviews, and a model trained on phrases calls most of them
-# negative (72.5% agreement on the demo sample, against 81.5% when trained on sentences
-# of at least MIN_WORDS words, measured on 400 other IMDb reviews).
+# sentences at a learning rate of 1e-4. SST-2's training file is mostly short phrases cut
+# from those sentences; the demo classifies whole reviews. Measured on 400 other IMDb
+# reviews: trained on phrases (lr 5e-5) the model called most reviews negative and agreed
+# with 72.5% of the labels; on sentences of MIN_WORDS+ words, 81.5% at lr 5e-5 and 85.0%
+# at lr 1e-4, with SST-2 dev accuracy unchanged (87.4-87.5%).
 TRAIN_EXAMPLES = 20_000
 MIN_WORDS = 10
+LEARNING_RATE = 1e-4
 
 console = Console()
 
@@ -96,6 +98,7 @@ def ensure_model(database: Database, sst2: Path) -> None:
             base_model=str(backbone),
             name=MODEL_NAME,
             epochs=1,
+            learning_rate=LEARNING_RATE,
             max_examples=TRAIN_EXAMPLES,
         ),
         database,

@@ -98,6 +98,13 @@ class Recorder:
         self.dead_letters += len(batch.dead_letters)
 
 
+def group_settled(bootstrap: str, group: str, members: int) -> bool:
+    """The group has ``members`` members and every one holds partitions."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # its futures die with it: keep it until result()
+    description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    return len(description.members) == members and all(m.assignment.topic_partitions for m in description.members)
+
+
 def caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
     committed, ends = committed_and_end(bootstrap, group, topic, partitions)
     return committed == ends
@@ -246,14 +253,8 @@ def test_two_workers_in_one_group_store_every_message_exactly_once(kafka_broker,
         start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "20") for _ in range(2)
     ]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive: its futures die with it
-
-    def both_assigned() -> bool:
-        """The group has settled with both members holding partitions, so producing starts no rebalance."""
-        description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
-        return len(description.members) == 2 and all(m.assignment.topic_partitions for m in description.members)
-
-    wait_for(both_assigned, 120, "both workers to join the group", workers)
+    # Both members must hold partitions before producing, so the stream starts no rebalance.
+    wait_for(lambda: group_settled(bootstrap, group, members=2), 120, "both workers to join the group", workers)
     produce(bootstrap, topic, [good_message(i) for i in range(1000)])
     wait_for(lambda: stored(database) >= 1000, 120, "1000 rows", workers)
     wait_for(lambda: caught_up(bootstrap, group, topic, 4), 60, "offsets to reach the end", workers)
@@ -270,16 +271,18 @@ def test_a_rebalance_mid_stream_hands_partitions_over_without_loss(kafka_broker,
     bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("rebalance"), unique("group")
     database = migrated(postgres_url)
     create_topic(bootstrap, topic, partitions=4)
-    produce(bootstrap, topic, [good_message(i) for i in range(2000)])
+    produce(bootstrap, topic, [good_message(i) for i in range(3000)])
     first = start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "10")
     wait_for(lambda: stored(database) >= 200, 120, "the first rows", [first])
-    # A second member joins: the first is asked to give up partitions while it is busy.
+    # A second member joins while the first is busy: the first must hand partitions over.
     second = start_worker(topic, group, bootstrap, postgres_url, sentiment_model_dir, "--batch-size", "10")
+    wait_for(lambda: group_settled(bootstrap, group, members=2), 120, "the second worker to join", [first, second])
+    produce(bootstrap, topic, [good_message(i) for i in range(3000, 4000)])
     wait_for(lambda: caught_up(bootstrap, group, topic, 4), 180, "offsets to reach the end", [first, second])
     logs = [stop(first), stop(second)]
     assert "revoked" in logs[0], logs[0]
-    assert stored(database) == 2000
-    assert len(distinct_offsets(database)) == 2000
+    assert stored(database) == 4000
+    assert len(distinct_offsets(database)) == 4000
     consumed = [int(log.rsplit("consumed ", 1)[1].split()[0]) for log in logs]
     assert consumed[1] > 0, "the second worker never got a partition"
     database.dispose()

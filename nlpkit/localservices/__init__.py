@@ -15,8 +15,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
+
+from nlpkit.localservices.errors import ServiceError
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,39 @@ class ServiceStatus:
     data_dir: Path
     address: str | None = None
     pid: int | None = None
+
+
+class LocalService(Protocol):
+    """What KafkaBroker and PostgresServer have in common for stopping and reporting."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @classmethod
+    def attach(cls, data_dir: Path) -> LocalService: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> ServiceStatus: ...
+
+
+def stop_service(service: type[LocalService], data_dir: Path) -> int | None:
+    """Stop the service whose state lives in ``data_dir``; its pid, or None when none was running."""
+    try:
+        running = service.attach(data_dir)
+    except ServiceError:
+        return None
+    pid = running.pid
+    running.stop()
+    return pid
+
+
+def service_status(service: type[LocalService], data_dir: Path) -> ServiceStatus:
+    data_dir = data_dir.resolve()
+    try:
+        return service.attach(data_dir).status()
+    except ServiceError:
+        return ServiceStatus(False, data_dir)
 
 
 def cache_dir() -> Path:

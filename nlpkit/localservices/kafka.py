@@ -47,6 +47,8 @@ from nlpkit.localservices import (
     port_is_free,
     process_alive,
     read_state,
+    service_status,
+    stop_service,
     wait_for_exit,
     write_state,
 )
@@ -436,18 +438,8 @@ def start_local_broker(data_dir: Path | None = None, port: int = 9092, timeout: 
 
 def stop_local_broker(data_dir: Path | None = None) -> int | None:
     """Stop the developer's broker; the pid it had, or None when none was running."""
-    try:
-        broker = KafkaBroker.attach(Path(data_dir or _default_data_dir()))
-    except ServiceError:
-        return None
-    pid = broker.pid
-    broker.stop()
-    return pid
+    return stop_service(KafkaBroker, Path(data_dir or _default_data_dir()))
 
 
 def local_broker_status(data_dir: Path | None = None) -> ServiceStatus:
-    data_dir = Path(data_dir or _default_data_dir()).resolve()
-    try:
-        return KafkaBroker.attach(data_dir).status()
-    except ServiceError:
-        return ServiceStatus(False, data_dir)
+    return service_status(KafkaBroker, Path(data_dir or _default_data_dir()))

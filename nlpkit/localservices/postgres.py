@@ -34,6 +34,8 @@ from nlpkit.localservices import (
     port_is_free,
     process_alive,
     read_state,
+    service_status,
+    stop_service,
     wait_for_exit,
     write_state,
 )
@@ -375,18 +377,8 @@ def start_local_postgres(data_dir: Path | None = None, port: int = 5433, timeout
 
 def stop_local_postgres(data_dir: Path | None = None) -> int | None:
     """Stop the developer's server; the pid it had, or None when none was running."""
-    try:
-        server = PostgresServer.attach(Path(data_dir or _default_data_dir()))
-    except ServiceError:
-        return None
-    pid = server.pid
-    server.stop()
-    return pid
+    return stop_service(PostgresServer, Path(data_dir or _default_data_dir()))
 
 
 def local_postgres_status(data_dir: Path | None = None) -> ServiceStatus:
-    data_dir = Path(data_dir or _default_data_dir()).resolve()
-    try:
-        return PostgresServer.attach(data_dir).status()
-    except ServiceError:
-        return ServiceStatus(False, data_dir)
+    return service_status(PostgresServer, Path(data_dir or _default_data_dir()))
