@@ -35,7 +35,7 @@ class RecordFailure:
 
 
 Outcome = Prediction | RecordFailure
-ProgressCallback = Callable[[int], None]
+ProgressCallback = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ class Engine:
                     failures.setdefault(item.record, result)
                 else:
                     outputs[item.record][item.window] = result
-            if progress is not None:
-                progress(len(batch))
+            if progress is not None:  # in records: a record of n windows advances 1/n per window
+                progress(sum(1 / len(windows[item.record]) for item in batch))
         return [
             failures[r] if r in failures else self._postprocess(record, windows[r], outputs[r])
             for r, record in enumerate(records)

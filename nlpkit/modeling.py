@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class LoadedModel:
     max_length: int
     backend: Backend
     device: torch.device
+    metadata: dict[str, Any] = field(default_factory=dict)  # the model directory's nlpkit.json
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -239,6 +240,7 @@ def load_model(
         max_length=max_input_length(model, tokenizer),
         backend=get_backend(backend),
         device=chosen_device,
+        metadata=read_metadata(path),
     )
 
 

@@ -59,13 +59,14 @@ def load_task(
     backend: str = "torch",
     device: str = "auto",
     registry: ModelRegistry | None = None,
+    **options: Any,
 ) -> Task:
-    """The named task with its model loaded and ready for an Engine."""
+    """The named task with its model loaded and ready for an Engine; ``options`` are the task's settings."""
     task_class = get_task_class(task)
     registry = registry or ModelRegistry()
     ref = model or registry.newest_for(task)
     loaded = load_model(ref, task_class.model_class, backend=backend, device=device, lookup=registry.path)
-    return task_class(loaded)
+    return task_class(loaded, **options)
 
 
 class Pipeline:
@@ -108,6 +109,10 @@ class Pipeline:
 
 
 def pipeline(task: str, model: str | None = None, **options: Any) -> Pipeline:
-    """Load ``task`` with ``model`` (default: the newest registered for it) as a callable."""
+    """Load ``task`` with ``model`` (default: the newest registered for it) as a callable.
+
+    Keyword arguments are ``load_task``'s (``backend``, ``device``) and the task's own
+    options, e.g. ``pipeline("ner", aggregation="first", stride=64)``.
+    """
     batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
     return Pipeline(load_task(task, model, **options), batch_size=batch_size)

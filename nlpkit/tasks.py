@@ -17,10 +17,44 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from nlpkit.errors import InvalidRecordError
+from nlpkit.errors import InvalidRecordError, NlpkitError
 
 if TYPE_CHECKING:
     from nlpkit.modeling import LoadedModel
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """A setting of a task, offered as a flag by ``nlpkit predict TASK`` (``doc_stride`` becomes
+    ``--doc-stride``) and as a keyword argument in Python. ``None`` as the default means the
+    task works the value out from the model."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """``value`` converted to the option's type (from text, when it comes from a flag or -o)."""
+        if value is None:
+            return self.default
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                converted: Any = value.lower() in ("1", "true", "yes")
+            else:
+                converted = self.type(value)
+        except (TypeError, ValueError) as exc:
+            raise NlpkitError(f"{self.flag} expects a {self.type.__name__}, got {value!r}") from exc
+        if self.choices and converted not in self.choices:
+            raise NlpkitError(f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
+        return converted
 
 
 @dataclass(frozen=True)
@@ -89,6 +123,10 @@ class Task(ABC):
     - ``token_level_outputs``: True when model outputs have one row per token; the
       engine then trims them to each window's real length before ``postprocess``.
     - ``output_keys``: which model outputs ``postprocess`` needs.
+    - ``options``: :class:`TaskOption` settings; their values are in ``self.settings``.
+    - ``head_config``: config fields for a new head (e.g. the multi-label problem type).
+    - ``evaluation_options``: settings used when scoring against gold data, unless the
+      user chose otherwise.
     """
 
     name: ClassVar[str]
@@ -97,9 +135,18 @@ class Task(ABC):
     model_class: ClassVar[str]
     token_level_outputs: ClassVar[bool] = False
     output_keys: ClassVar[tuple[str, ...]] = ("logits",)
+    options: ClassVar[tuple[TaskOption, ...]] = ()
+    head_config: ClassVar[dict[str, Any]] = {}
+    evaluation_options: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, **options: Any) -> None:
+        known = {option.name: option for option in self.options}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            offered = ", ".join(known) or "none"
+            raise NlpkitError(f"task '{self.name}' has no option {unknown[0]!r} (its options: {offered})")
         self.model = model
+        self.settings = {name: option.parse(options.get(name)) for name, option in known.items()}
 
     @classmethod
     def validate(cls, fields: Mapping[str, Any]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import (
     BertConfig,
@@ -185,18 +186,32 @@ def _save_model(
 ) -> Path:
     """Build ``model_class`` with seeded random weights and save it with its tokenizer.
 
-    Default initialisation leaves biases at zero and LayerNorms at identity, which
-    hides wiring mistakes (swapped LayerNorms, dropped biases); every parameter is
-    therefore perturbed. The global RNG is left as it was, so building a model in a
-    test does not change what later random draws in that test produce.
+    The weights come from NumPy's legacy ``RandomState``, whose stream is frozen across
+    NumPy versions and does not depend on torch, so a seed gives the same model on every
+    machine and release: reference outputs recorded once (say, from an old transformers in
+    a throwaway environment) stay valid. Every parameter is drawn, biases and LayerNorms
+    included, because the default initialisation (zero biases, identity LayerNorms) hides
+    wiring mistakes; matrices are scaled by 1/sqrt(fan-in) so logits stay decisive rather
+    than near-uniform, which keeps argmax comparisons away from ties.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
         model = model_class(config)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.05)
+    state = np.random.RandomState(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(torch.from_numpy(_draw(state, name, tuple(parameter.shape))))
     with quiet_loading():
         model.save_pretrained(path)
     _save_tokenizer(tokenizer_class, path, config.max_position_embeddings)
     return path
+
+
+def _draw(state: np.random.RandomState, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    noise = state.standard_normal(shape).astype(np.float32)
+    if "norm" in name.lower() and name.endswith("weight"):
+        return 1.0 + 0.1 * noise
+    if len(shape) == 1:
+        return 0.1 * noise
+    if "embeddings" in name:
+        return noise
+    return noise / np.sqrt(shape[-1])

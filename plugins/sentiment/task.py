@@ -12,6 +12,7 @@ from nlpkit import metrics
 from nlpkit.data import read_rows, text_field
 from nlpkit.errors import DataFormatError
 from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, Window
+from nlpkit_plugins.text_classification import truncated_windows
 
 # SST-2 and IMDb both write 0 for negative and 1 for positive.
 BINARY_LABEL_NAMES = {0: "negative", 1: "positive"}
@@ -26,22 +27,7 @@ class SentimentTask(Task):
     model_class = "AutoModelForSequenceClassification"
 
     def windows(self, records: Sequence[Record]) -> list[list[Window]]:
-        encoded = self.model.tokenizer(
-            [record.fields["text"] for record in records],
-            truncation=True,
-            max_length=self.model.max_length,
-            return_overflowing_tokens=True,
-            return_attention_mask=False,
-        )
-        # With overflow on, each text yields its first window and then the rest; the rest is
-        # only there to tell us the text did not fit.
-        windows: list[list[Window]] = [[] for _ in records]
-        for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"], strict=True):
-            if windows[sample]:
-                windows[sample][0] = Window(windows[sample][0].input_ids, context=True)
-            else:
-                windows[sample].append(Window(ids, context=False))
-        return windows
+        return truncated_windows(self.model.tokenizer, [r.fields["text"] for r in records], self.model.max_length)
 
     def postprocess(
         self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray]]
