@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,30 +125,16 @@ def predict() -> None:
 
 
 def _predict_command(task_class: type) -> click.Command:
-    @click.command(name=task_class.name, help=f"Predict {task_class.description}.")
-    @click.argument("texts", nargs=-1)
-    @click.option("-i", "--input", "input_path", metavar="FILE", help="Read inputs from FILE ('-' = stdin).")
-    @click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task].")
-    @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
-    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-    @click.option("--batch-size", default=32, show_default=True, help="Most sequences per forward pass.")
-    @pass_state
-    def command(
-        state: CliState,
-        texts: tuple[str, ...],
-        input_path: str | None,
-        model: str | None,
-        backend: str,
-        device: str,
-        batch_size: int,
-    ) -> None:
+    @click.pass_obj
+    def command(state: CliState, texts: tuple[str, ...], input_path: str | None, model: str | None, backend: str,
+                device: str, batch_size: int, **options: Any) -> None:  # fmt: skip
         from nlpkit.data import input_lines
         from nlpkit.pipelines import ModelRegistry, Pipeline, load_task
 
         if not texts and input_path is None and sys.stdin.isatty():
             raise click.UsageError("give texts as arguments, or --input FILE, or pipe lines to stdin")
         registry = ModelRegistry(state.database(check=False))
-        task = load_task(task_class.name, model, backend=backend, device=device, registry=registry)
+        task = load_task(task_class.name, model, backend=backend, device=device, registry=registry, **options)
         failures = 0
         for output in Pipeline(task, batch_size=batch_size).stream(input_lines(input_path, texts)):
             if isinstance(output, NlpkitError):
@@ -157,7 +144,65 @@ def _predict_command(task_class: type) -> click.Command:
         if failures:
             raise NlpkitError(f'{failures} input line(s) could not be processed (see their "error" objects)')
 
-    return command
+    parameters = [
+        click.Argument(["texts"], nargs=-1),
+        click.Option(["-i", "--input", "input_path"], metavar="FILE", help="Read inputs from FILE ('-' = stdin)."),
+        click.Option(["--model"], metavar="REF", help="Model directory or registered name [newest for the task]."),
+        click.Option(["--backend"], default="torch", show_default=True, help="torch (fp32) or bf16."),
+        click.Option(["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.Option(["--batch-size"], default=32, show_default=True, help="Most sequences per forward pass."),
+        *(_task_option(option) for option in task_class.options),
+    ]
+    fields = " and ".join(f'"{name}"' for name in task_class.input_fields)
+    return click.Command(
+        task_class.name,
+        callback=command,
+        params=parameters,
+        help=f"Predict {task_class.description}. Input lines are JSON objects with {fields}"
+        + (", or plain text." if task_class.input_fields == ("text",) else "."),
+    )
+
+
+def _task_option(option: Any) -> click.Option:
+    """A click option for a TaskOption; left unset it is None, and the task applies its default."""
+    default = f" [{option.default}]" if option.default is not None else ""
+    if option.type is bool:
+        return click.Option([option.flag], is_flag=True, default=None, help=option.help + default)
+    kind = click.Choice(option.choices) if option.choices else option.type
+    return click.Option([option.flag, option.name], type=kind, default=None, help=option.help + default)
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Labelled data in a format the task reads.")  # fmt: skip
+@click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task].")
+@click.option("-o", "--option", "task_options", multiple=True, metavar="NAME=VALUE", help="A task setting.")
+@click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@pass_state
+def evaluate(state: CliState, task: str, data: Path, model: str | None, task_options: tuple[str, ...], backend: str,
+             device: str, batch_size: int, as_json: bool) -> None:  # fmt: skip
+    """Score a model on labelled DATA and record the run in the database."""
+    from nlpkit.evaluation import evaluate_and_record
+    from nlpkit.pipelines import ModelRegistry, load_task
+    from nlpkit.plugins import get_task_class
+
+    task_class = get_task_class(task)
+    options = task_class.evaluation_options | _options_by_task([task], task_options)[task]
+    database = state.database()
+    loaded = load_task(task, model, backend=backend, device=device, registry=ModelRegistry(database), **options)
+    examples = task_class.read_examples(data)
+    scores = evaluate_and_record(database, loaded, examples, data=str(data), batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(scores))
+        return
+    table = Table("metric", "value", title=f"{task} · {loaded.model.name} · {data.name}")
+    for name, value in scores.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 # --- consume and send ---------------------------------------------------------------------
@@ -196,6 +241,14 @@ def _bootstrap_option(function: Any) -> Any:
 )
 @click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
 @click.option(
+    "-o",
+    "--option",
+    "task_options",
+    multiple=True,
+    metavar="[TASK.]NAME=VALUE",
+    help="A task setting, e.g. -o aggregation=first or -o qa.top_k=3 (repeatable).",
+)
+@click.option(
     "-X",
     "consumer_settings",
     multiple=True,
@@ -216,6 +269,7 @@ def consume(
     max_messages: int | None,
     max_message_bytes: int,
     dead_letter_topic: str | None,
+    task_options: tuple[str, ...],
     consumer_settings: tuple[str, ...],
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
@@ -229,9 +283,12 @@ def consume(
     database = state.database()
     registry = ModelRegistry(database)
     model_refs = _models_by_task(tasks, models)
+    options = _options_by_task(tasks, task_options)
     configure_threads()
     engines = {
-        task: Engine(load_task(task, model_refs.get(task), backend=backend, device=device, registry=registry))
+        task: Engine(
+            load_task(task, model_refs.get(task), backend=backend, device=device, registry=registry, **options[task])
+        )
         for task in tasks
     }
     config = WorkerConfig(
@@ -264,6 +321,22 @@ def _models_by_task(tasks: tuple[str, ...], models: tuple[str, ...]) -> dict[str
         else:
             raise click.BadParameter(f"with several tasks, write --model TASK=REF (got '{item}')")
     return refs
+
+
+def _options_by_task(tasks: Sequence[str], items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``-o [TASK.]NAME=VALUE`` settings per task; a bare NAME goes to every task that has it."""
+    from nlpkit.plugins import get_task_class
+
+    options: dict[str, dict[str, str]] = {task: {} for task in tasks}
+    for item in items:
+        target, value = _key_value(item)
+        task, _, name = target.rpartition(".")
+        chosen = [task] if task else [t for t in tasks if name in {o.name for o in get_task_class(t).options}]
+        if not chosen or (task and task not in tasks):
+            raise click.BadParameter(f"no task here has an option '{target}'", param_hint="-o")
+        for each in chosen:
+            options[each][name] = value
+    return options
 
 
 def _key_value(item: str) -> tuple[str, str]:

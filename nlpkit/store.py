@@ -248,6 +248,20 @@ class Database:
 
     # --- training runs ------------------------------------------------------------
 
+    @contextmanager
+    def recorded_run(
+        self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]
+    ) -> Iterator[int]:
+        """A run row for the duration of a block: succeeded, failed (with the error) or interrupted."""
+        run_id = self.start_run(kind=kind, task=task, model_name=model_name, base_model=base_model, params=params)
+        try:
+            yield run_id
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.finish_run(run_id, "succeeded")
+
     def start_run(
         self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]
     ) -> int:

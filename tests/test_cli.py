@@ -102,10 +102,58 @@ def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home
 def test_unknown_task_is_a_one_line_error(nlpkit):
     result = nlpkit("predict", "nope", "text")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: unknown task 'nope'; known tasks: sentiment"
+    assert result.stderr.strip() == "Error: unknown task 'nope'; known tasks: multilabel, ner, qa, sentiment"
 
 
 def test_bad_database_url_is_a_one_line_error(nlpkit):
     result = nlpkit("--database-url", "nonsense://", "db", "current")
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory):
+    from nlpkit.testing import save_tiny_distilbert
+
+    root = tmp_path_factory.mktemp("task-models")
+    return {
+        "ner": save_tiny_distilbert(root / "ner", head="token-classification", labels=["O", "B-PER", "I-PER"]),
+        "qa": save_tiny_distilbert(root / "qa", head="question-answering"),
+        "multilabel": save_tiny_distilbert(root / "ml", labels=["joy", "anger", "fear"]),
+    }
+
+
+def test_predict_ner_flags_and_output(nlpkit, task_models):
+    text = "anna met peter in oslo " * 10
+    result = nlpkit("predict", "ner", text, "--model", str(task_models["ner"]), "--aggregation", "first",
+                    "--stride", "8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    [output] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert set(output) == {"entities"}
+    for entity in output["entities"]:
+        assert set(entity) == {"type", "start", "end", "text", "score"}
+        assert entity["text"] == text[entity["start"] : entity["end"]]
+    bad = nlpkit("predict", "ner", "x", "--model", str(task_models["ner"]), "--aggregation", "longest")
+    assert bad.exit_code == 2 and "'longest' is not one of" in bad.stderr
+
+
+def test_predict_qa_flags_and_errors_per_line(nlpkit, task_models):
+    lines = [
+        json.dumps({"question": "who met peter?", "context": "anna met peter in oslo on monday " * 8}),
+        json.dumps({"question": "who?"}),
+    ]
+    result = nlpkit("predict", "qa", "--model", str(task_models["qa"]), "--doc-stride", "16", "--max-seq-len", "48",
+                    "--max-answer-len", "4", "--top-k", "3", "--allow-no-answer", input="\n".join(lines))  # fmt: skip
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert len(first["answers"]) == 3
+    assert all(set(a) == {"text", "start", "end", "score"} for a in first["answers"])
+    assert second == {"error": "missing field 'context'"}
+    assert result.exit_code == 1
+
+
+def test_predict_multilabel_threshold_and_top_k(nlpkit, task_models):
+    result = nlpkit("predict", "multilabel", "so happy", "--model", str(task_models["multilabel"]),
+                    "--threshold", "0", "--top-k", "2")  # fmt: skip
+    [output] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert set(output) == {"labels", "scores", "truncated"}
+    assert len(output["labels"]) == 2 and set(output["scores"]) == {"joy", "anger", "fear"}

@@ -114,7 +114,7 @@ def test_a_plugin_with_a_misspelled_hook_is_rejected(tmp_path):
 
 
 def test_unknown_task_lists_the_known_ones(fresh_plugins):
-    with pytest.raises(UnknownTaskError, match="unknown task 'nope'; known tasks: sentiment"):
+    with pytest.raises(UnknownTaskError, match="unknown task 'nope'; known tasks: multilabel, ner, qa, sentiment"):
         fresh_plugins.get_task_class("nope")
 
 

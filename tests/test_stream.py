@@ -26,8 +26,10 @@ from nlpkit import dbmigrate, hookimpl, hookspecs
 from nlpkit.engine import Engine
 from nlpkit.kafkaio import create_topic, produce
 from nlpkit.modeling import load_model
+from nlpkit.pipelines import load_task
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
 from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.sentiment import SentimentTask
 
 pytestmark = pytest.mark.integration
@@ -285,4 +287,54 @@ def test_a_rebalance_mid_stream_hands_partitions_over_without_loss(kafka_broker,
     assert len(distinct_offsets(database)) == 4000
     consumed = [int(log.rsplit("consumed ", 1)[1].split()[0]) for log in logs]
     assert consumed[1] > 0, "the second worker never got a partition"
+    database.dispose()
+
+
+def test_one_worker_serves_every_task_routing_by_the_task_field(kafka_broker, tmp_path):
+    bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("tasks"), unique("group")
+    database = migrated(f"sqlite:///{tmp_path / 'tasks.db'}")
+    models = {
+        "sentiment": save_tiny_distilbert(tmp_path / "s", labels=["negative", "positive"]),
+        "ner": save_tiny_distilbert(tmp_path / "n", head="token-classification", labels=["O", "B-PER", "I-PER"]),
+        "qa": save_tiny_distilbert(tmp_path / "q", head="question-answering"),
+        "multilabel": save_tiny_distilbert(tmp_path / "m", labels=["joy", "anger"]),
+    }
+    engines = {task: Engine(load_task(task, str(path))) for task, path in models.items()}
+    good = [
+        {"id": "s1", "text": "a fine film"},  # no task field: the first task, sentiment
+        {"id": "n1", "task": "ner", "text": "anna met peter in oslo " * 20},  # longer than the model maximum
+        {"id": "q1", "task": "qa", "question": "who met peter?", "context": "anna met peter in oslo."},
+        {"id": "m1", "task": "multilabel", "text": "so happy and so angry"},
+    ]
+    bad = {
+        "q2": ({"id": "q2", "task": "qa", "question": "who?"}, "missing field 'context'"),
+        "q3": ({"id": "q3", "task": "qa", "context": "anna met peter."}, "missing field 'question'"),
+        "n2": ({"id": "n2", "task": "ner", "text": ""}, "field 'text' is empty"),
+        "m2": ({"id": "m2", "task": "multilabel", "text": ["not", "a", "string"]}, "field 'text' must be a string"),
+        "x1": ({"id": "x1", "task": "translation", "text": "hallo"}, "task 'translation' is not served"),
+        "s2": ({"id": "s2", "text": "long " * 1000}, "over the limit"),
+    }
+    messages = [(None, json.dumps(row).encode()) for row in good + [row for row, _reason in bad.values()]]
+    create_topic(bootstrap, topic, partitions=1)
+    produce(bootstrap, topic, messages)
+    config = WorkerConfig(topics=[topic], group=group, bootstrap_servers=bootstrap, max_messages=len(messages),
+                          max_message_bytes=MAX_BYTES)  # fmt: skip
+    stats = Worker(config, engines, database).run()
+
+    assert (stats.predictions, stats.dead_letters) == (len(good), len(bad))
+    with database.session() as session:
+        rows = {row.record_id: row for row in session.scalars(select(PredictionRow))}
+        dead = session.scalars(select(DeadLetterRow)).all()
+    assert {row_id: row.task for row_id, row in rows.items()} == {
+        "s1": "sentiment", "n1": "ner", "q1": "qa", "m1": "multilabel",
+    }  # fmt: skip
+    assert set(rows["n1"].output) == {"entities"} and rows["n1"].output["entities"][-1]["end"] > 300
+    assert rows["q1"].input_text == "who met peter?" and rows["q1"].input_extra == {
+        "context": "anna met peter in oslo."
+    }
+    assert rows["q1"].label == rows["q1"].output["answers"][0]["text"]
+    assert set(rows["m1"].output) == {"labels", "scores", "truncated"}
+    for letter in dead:
+        reason = bad[json.loads(letter.raw_value)["id"]][1]
+        assert reason in letter.reason
     database.dispose()

@@ -37,8 +37,9 @@ def collate(features: Sequence[EncodedExample], pad_id: int, token_level: bool) 
     for row, feature in enumerate(features):
         input_ids[row, : len(feature.input_ids)] = torch.tensor(feature.input_ids)
         attention_mask[row, : len(feature.input_ids)] = 1
-    labels = _labels(features, longest, token_level)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if features[0].labels is not None:  # QA features carry start/end positions in ``extra`` instead
+        batch["labels"] = _labels(features, longest, token_level)
     for key in features[0].extra:
         batch[key] = torch.tensor([feature.extra[key] for feature in features])
     return batch

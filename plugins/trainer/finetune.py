@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from nlpkit import settings
-from nlpkit.engine import Engine
+from nlpkit.evaluation import evaluate
 from nlpkit.modeling import (
     LoadedModel,
     get_backend,
@@ -86,17 +86,10 @@ def fine_tune(config: FineTuneConfig, database: Database) -> FineTuneResult:
     train_examples = _sample(task_class.read_examples(config.data), config.max_examples, config.seed)
     eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []
     output_dir = config.output_dir or settings.models_dir() / config.name
-    run_id = database.start_run(
+    with database.recorded_run(
         kind="train", task=config.task, model_name=config.name, base_model=config.base_model, params=config.params()
-    )
-    try:
-        result = _Run(config, task_class, train_examples, eval_examples, output_dir, database, run_id).execute()
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        database.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")
-        raise
-    database.finish_run(run_id, "succeeded")
-    return result
+    ) as run_id:
+        return _Run(config, task_class, train_examples, eval_examples, output_dir, database, run_id).execute()
 
 
 def _sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -134,16 +127,17 @@ class _Run:
     def _build_task(self, task_class: type[Task], use_bf16: bool) -> Task:
         _name, base_path = resolve_model_path(self.config.base_model, ModelRegistry(self.database).path)
         labels = task_class.label_names(self.train_examples)
+        head_config = dict(task_class.head_config)
+        if labels:  # span extraction (QA) has no classes
+            head_config |= {
+                "num_labels": len(labels),
+                "id2label": dict(enumerate(labels)),
+                "label2id": {label: index for index, label in enumerate(labels)},
+            }
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         head = getattr(transformers, task_class.model_class)
         with quiet_loading():  # a "newly initialized" head is the point of fine-tuning
-            model = head.from_pretrained(
-                base_path,
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={label: index for index, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
-            )
+            model = head.from_pretrained(base_path, ignore_mismatched_sizes=True, **head_config)
         loaded = LoadedModel(
             name=self.config.name,
             revision="training",
@@ -154,7 +148,7 @@ class _Run:
             backend=get_backend("bf16" if use_bf16 else "torch"),
             device=self.accelerator.device,
         )
-        return task_class(loaded)
+        return task_class(loaded, **task_class.evaluation_options)
 
     def execute(self) -> FineTuneResult:
         config, accelerator = self.config, self.accelerator
@@ -233,17 +227,8 @@ class _Run:
         if not self.eval_examples:
             return {}
         model.eval()
-        engine = Engine(self.task, batch_size=64)
-        with tqdm(
-            total=len(self.eval_examples),
-            desc="evaluating",
-            unit="ex",
-            leave=False,
-            disable=not self.accelerator.is_local_main_process,
-        ) as bar:
-            predictions = engine.predict([example.record for example in self.eval_examples], progress=bar.update)
+        metrics = evaluate(self.task, self.eval_examples, show_progress=self.accelerator.is_local_main_process)
         model.train()
-        metrics = self.task.score(predictions, self.eval_examples)
         log.info("evaluation: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
