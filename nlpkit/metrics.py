@@ -87,8 +87,8 @@ def _chunk_starts(previous_tag: str, tag: str, previous_type: str, kind: str) ->
 
 
 def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Micro-averaged entity precision, recall and F1 over sentences of tags (an entity counts
-    only when its type and both boundaries match)."""
+    """Micro-averaged entity F1, precision and recall over sentences of tags (an entity counts
+    only when its type and both boundaries match). F1 comes first: it is the headline."""
     _check_lengths(predicted, gold)
     true_positive = predicted_count = gold_count = 0
     for gold_tags, predicted_tags in zip(gold, predicted, strict=True):
@@ -98,7 +98,7 @@ def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
         gold_count += len(gold_spans)
     precision = true_positive / predicted_count if predicted_count else 0.0
     recall = true_positive / gold_count if gold_count else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1_score(true_positive, predicted_count, gold_count)}
+    return {"f1": f1_score(true_positive, predicted_count, gold_count), "precision": precision, "recall": recall}
 
 
 # --- SQuAD ----------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """What the sentiment and multi-label plugins share: one window per text, truncated to the
-model's maximum and flagged when that cut something off."""
+model's maximum and flagged when that cut something off, and text-level training features."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from nlpkit.tasks import Window
+from nlpkit.modeling import LoadedModel
+from nlpkit.tasks import EncodedExample, Example, Window
 
 
 def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[Window]]:
@@ -27,3 +28,23 @@ def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> 
         else:
             windows[sample].append(Window(ids, context=False))
     return windows
+
+
+def encode_labelled_texts(
+    model: LoadedModel,
+    examples: Sequence[Example],
+    max_length: int,
+    targets: Callable[[Example, dict[str, int]], Any],
+) -> list[EncodedExample]:
+    """Token ids of each example's text with ``targets(example, label2id)`` as its labels."""
+    label2id = {name: index for index, name in model.id2label.items()}
+    encoded = model.tokenizer(
+        [example.record.fields["text"] for example in examples],
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=False,
+    )
+    return [
+        EncodedExample(input_ids=ids, labels=targets(example, label2id))
+        for example, ids in zip(examples, encoded["input_ids"], strict=True)
+    ]

@@ -155,21 +155,42 @@ def test_word_tags_from_character_spans():
     assert word_tags(words, entities) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
 
 
-def test_entity_scores_agree_with_seqeval_on_real_conll_predictions():
-    """Real CoNLL-2003 dev tags against a systematically damaged copy: the two metric
-    implementations must give the same precision, recall and F1."""
+CONLL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "eng.testa"
+
+
+def assert_same_as_seqeval(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     from seqeval.metrics import f1_score, precision_score, recall_score
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "eng.testa"
-    gold = [example.target["tags"] for example in read_ner_examples(path)]
+    scores = metrics.entity_scores(gold, predicted)
+    assert scores["f1"] == pytest.approx(f1_score(gold, predicted), abs=1e-12)
+    assert scores["precision"] == pytest.approx(precision_score(gold, predicted), abs=1e-12)
+    assert scores["recall"] == pytest.approx(recall_score(gold, predicted), abs=1e-12)
+    return scores
+
+
+def test_entity_scores_agree_with_seqeval_on_model_predictions_for_conll(tmp_path):
+    """A model's predictions on real CoNLL-2003 dev sentences, scored by both implementations."""
+    examples = read_ner_examples(CONLL_DEV)[:400]
+    labels = NerTask.label_names(examples)
+    model = bias_towards(save_tiny_distilbert(tmp_path / "conll", head="token-classification", labels=labels,
+                                              seed=2), 0, 1.0)  # fmt: skip
+    task = NerTask(load_model(str(model), NerTask.model_class), aggregation="first")
+    predictions = Engine(task).predict([example.record for example in examples])
+    gold = [example.target["tags"] for example in examples]
+    predicted = [word_tags(e.target["words"], p.output["entities"]) for e, p in zip(examples, predictions, strict=True)]
+    scores = assert_same_as_seqeval(gold, predicted)
+    assert NerTask.score(predictions, examples) == scores
+    assert sum(len(metrics.entity_spans(tags)) for tags in predicted) > 100
+
+
+def test_entity_scores_agree_with_seqeval_on_damaged_conll_tags():
+    """Real CoNLL-2003 dev tags against a systematically damaged copy (I- after O, type
+    changes inside entities, stray B-): the two metric implementations must agree."""
+    gold = [example.target["tags"] for example in read_ner_examples(CONLL_DEV)]
     rng = random.Random(11)
     kinds = ["PER", "LOC", "ORG", "MISC"]
     predicted = [
         [tag if rng.random() > 0.08 else rng.choice(["O", *(f"{p}-{k}" for p in "BI" for k in kinds)]) for tag in tags]
         for tags in gold
     ]
-    ours_scores = metrics.entity_scores(gold, predicted)
-    assert ours_scores["f1"] == pytest.approx(f1_score(gold, predicted), abs=1e-12)
-    assert ours_scores["precision"] == pytest.approx(precision_score(gold, predicted), abs=1e-12)
-    assert ours_scores["recall"] == pytest.approx(recall_score(gold, predicted), abs=1e-12)
-    assert 0.5 < ours_scores["f1"] < 0.95
+    assert 0.5 < assert_same_as_seqeval(gold, predicted)["f1"] < 0.95

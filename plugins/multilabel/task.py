@@ -12,7 +12,7 @@ from nlpkit import metrics
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
 from nlpkit_plugins.multilabel.data import read_multilabel_examples
-from nlpkit_plugins.text_classification import truncated_windows
+from nlpkit_plugins.text_classification import encode_labelled_texts, truncated_windows
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -83,23 +83,7 @@ class MultilabelTask(Task):
 
     def encode_examples(self, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
         """Multi-hot float targets, as the binary cross-entropy of a multi-label head expects."""
-        label2id = {name: index for index, name in self.model.id2label.items()}
-        encoded = self.model.tokenizer(
-            [example.record.fields["text"] for example in examples],
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-        )
-        features = []
-        for example, ids in zip(examples, encoded["input_ids"], strict=True):
-            unknown = set(example.target) - set(label2id)
-            if unknown:
-                raise DataFormatError(f"{example.source}: label(s) {sorted(unknown)} are not among the model's labels")
-            targets = [0.0] * len(label2id)
-            for label in example.target:
-                targets[label2id[label]] = 1.0
-            features.append(EncodedExample(input_ids=ids, labels=targets))
-        return features
+        return encode_labelled_texts(self.model, examples, max_length, _multi_hot)
 
     @classmethod
     def score(cls, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
@@ -108,3 +92,13 @@ class MultilabelTask(Task):
         gold = [set(example.target) for example in examples]
         labels = sorted(set().union(*gold, *predicted, *(p.output["scores"] for p in predictions)))
         return metrics.multilabel_f1(predicted, gold, labels)
+
+
+def _multi_hot(example: Example, label2id: dict[str, int]) -> list[float]:
+    unknown = set(example.target) - set(label2id)
+    if unknown:
+        raise DataFormatError(f"{example.source}: label(s) {sorted(unknown)} are not among the model's labels")
+    targets = [0.0] * len(label2id)
+    for label in example.target:
+        targets[label2id[label]] = 1.0
+    return targets

@@ -171,7 +171,7 @@ class NerTask(Task):
 
     @classmethod
     def score(cls, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
-        """Entity-level precision, recall and F1 (seqeval's rules) on word-level tags."""
+        """Entity-level F1, precision and recall (seqeval's rules) on word-level tags."""
         gold = [example.target["tags"] for example in examples]
         predicted = [
             word_tags(example.target["words"], prediction.output["entities"])

@@ -12,7 +12,7 @@ from nlpkit import metrics
 from nlpkit.data import read_rows, text_field
 from nlpkit.errors import DataFormatError
 from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, Window
-from nlpkit_plugins.text_classification import truncated_windows
+from nlpkit_plugins.text_classification import encode_labelled_texts, truncated_windows
 
 # SST-2 and IMDb both write 0 for negative and 1 for positive.
 BINARY_LABEL_NAMES = {0: "negative", 1: "positive"}
@@ -61,22 +61,7 @@ class SentimentTask(Task):
         return sorted({example.target for example in examples})
 
     def encode_examples(self, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
-        label2id = {name: index for index, name in self.model.id2label.items()}
-        encoded = self.model.tokenizer(
-            [example.record.fields["text"] for example in examples],
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-        )
-        features = []
-        for example, ids in zip(examples, encoded["input_ids"], strict=True):
-            if example.target not in label2id:
-                raise DataFormatError(
-                    f"{example.source}: label '{example.target}' is not one of the model's labels "
-                    f"({', '.join(sorted(label2id))})"
-                )
-            features.append(EncodedExample(input_ids=ids, labels=label2id[example.target]))
-        return features
+        return encode_labelled_texts(self.model, examples, max_length, _class_index)
 
     @classmethod
     def score(cls, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
@@ -89,6 +74,13 @@ class SentimentTask(Task):
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     return shifted / shifted.sum()
+
+
+def _class_index(example: Example, label2id: dict[str, int]) -> int:
+    if example.target not in label2id:
+        known = ", ".join(sorted(label2id))
+        raise DataFormatError(f"{example.source}: label '{example.target}' is not one of the model's labels ({known})")
+    return label2id[example.target]
 
 
 def _label_name(value: Any, where: str) -> str:
