@@ -37,6 +37,8 @@ def encode_labelled_texts(
     targets: Callable[[Example, dict[str, int]], Any],
 ) -> list[EncodedExample]:
     """Token ids of each example's text with ``targets(example, label2id)`` as its labels."""
+    if not examples:
+        return []
     label2id = {name: index for index, name in model.id2label.items()}
     encoded = model.tokenizer(
         [example.record.fields["text"] for example in examples],
