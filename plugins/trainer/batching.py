@@ -29,14 +29,21 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
+def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) padded to the longest sequence."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def collate(features: Sequence[EncodedExample], pad_id: int, token_level: bool) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest member; per-token labels are padded with -100 (ignored by the loss)."""
-    longest = max(len(feature.input_ids) for feature in features)
-    input_ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-    for row, feature in enumerate(features):
-        input_ids[row, : len(feature.input_ids)] = torch.tensor(feature.input_ids)
-        attention_mask[row, : len(feature.input_ids)] = 1
+    input_ids, attention_mask = pad([feature.input_ids for feature in features], pad_id)
+    longest = input_ids.shape[1]
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if features[0].labels is not None:  # QA features carry start/end positions in ``extra`` instead
         batch["labels"] = _labels(features, longest, token_level)
