@@ -61,7 +61,8 @@ def transformers_trainer(model_dir: Path, examples: list, batch_size: int, lr: f
     with tempfile.TemporaryDirectory() as scratch:
         arguments = TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=batch_size, learning_rate=lr, num_train_epochs=1,
-            warmup_steps=0.06, weight_decay=0.01, train_sampling_strategy="group_by_length", use_cpu=not torch.cuda.is_available(),
+            warmup_steps=0.06, weight_decay=0.01, train_sampling_strategy="group_by_length",
+            use_cpu=not torch.cuda.is_available(),
             bf16=bf16, optim="adamw_torch_fused", report_to=[], save_strategy="no", logging_strategy="no",
             eval_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=42,
         )  # fmt: skip
