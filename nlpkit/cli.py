@@ -414,7 +414,9 @@ def models() -> None:
 @click.argument("source")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--layers", metavar="0,2,4", help="Keep only these teacher layers (student initialisation).")
-def models_convert(source: str, dest: Path, layers: str | None) -> None:
+@click.option("--register", "name", metavar="NAME", help="Also register the result under NAME (task 'base').")
+@pass_state
+def models_convert(state: CliState, source: str, dest: Path, layers: str | None, name: str | None) -> None:
     """Convert a BERT checkpoint into an equivalent DistilBERT checkpoint.
 
     SOURCE is a model directory, or 'starter' for the 6-layer BERT inside the
@@ -430,6 +432,13 @@ def models_convert(source: str, dest: Path, layers: str | None) -> None:
     except (ValueError, OSError) as exc:
         raise NlpkitError(f"cannot convert {source}: {exc}") from exc
     stderr.print(f"wrote a DistilBERT checkpoint to {dest}")
+    if name:
+        from nlpkit.modeling import model_revision
+
+        state.database().register_model(
+            name=name, task="base", path=dest, revision=model_revision(dest), base_model=str(source_path)
+        )
+        stderr.print(f"registered it as '{name}'")
 
 
 @models.command("list")

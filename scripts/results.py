@@ -1,0 +1,232 @@
+"""Reproduce docs/RESULTS.md: every task fine-tuned from the converted starter backbone,
+students distilled from the SST-2 model, training throughput against the transformers
+Trainer. Each step runs the real `nlpkit` commands (printed, and written into the report
+with their durations) and is skipped when its model is already registered, so an
+interrupted run picks up where it stopped.
+
+    .venv/bin/python scripts/results.py [--only sst2,conll,...] [--report docs/RESULTS.md]
+
+Steps: sst2, imdb, conll, goemotions, squad, students, throughput. On a 2-core CPU the whole
+run takes hours; on a GPU minutes (training uses it automatically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+NLPKIT = [sys.executable, "-m", "nlpkit"]
+SEEDS = (1, 2, 3)
+
+
+@dataclass
+class Report:
+    """What the report needs from each step: commands with durations, and result rows."""
+
+    commands: list[tuple[str, float]] = field(default_factory=list)
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # experiment, metric, value, target
+    throughput_table: str = ""
+
+    def run(self, *args: str) -> str:
+        command = [*NLPKIT, *map(str, args)]
+        shown = "nlpkit " + shlex.join(map(str, args))
+        print(f"\n$ {shown}", flush=True)
+        started = time.perf_counter()
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+        self.commands.append((shown, time.perf_counter() - started))
+        return result.stdout
+
+
+def registered(name: str) -> bool:
+    listing = subprocess.run([*NLPKIT, "models", "list", "--json"], capture_output=True, text=True, check=True)
+    return any(model["name"] == name for model in json.loads(listing.stdout))
+
+
+def evaluation(report: Report, task: str, model: str, data: Path, *options: str) -> dict[str, float]:
+    return json.loads(report.run("evaluate", task, "--model", model, "--data", data, "--json", *options))
+
+
+def train(report: Report, task: str, name: str, data: Path, eval_data: Path, *options: str) -> None:
+    if not registered(name):
+        report.run(
+            "train", task, "--data", data, "--eval-data", eval_data, "--model", "minilm", "--name", name, *options
+        )
+
+
+# --- the steps ---------------------------------------------------------------------------------------
+
+
+def sst2(report: Report, work: Path) -> None:
+    dev = DATA / "sst2" / "dev.tsv"
+    train(report, "sentiment", "sst2", DATA / "sst2" / "train.tsv", dev, "--epochs", "3", "--lr", "5e-5")
+    accuracy = evaluation(report, "sentiment", "sst2", dev)["accuracy"]
+    report.rows.append(("SST-2 dev", "accuracy", f"{accuracy:.2%}", ">= 90%"))
+
+
+def imdb(report: Report, work: Path) -> None:
+    """IMDb's labelled file is sorted by label: shuffle with a seed, hold out 2,500 reviews."""
+    rows = (DATA / "imdb" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    random.Random(2024).shuffle(rows)
+    held_out, train_rows = work / "imdb-heldout.jsonl", work / "imdb-train.jsonl"
+    held_out.write_text("\n".join(rows[:2500]) + "\n", encoding="utf-8")
+    train_rows.write_text("\n".join(rows[2500:]) + "\n", encoding="utf-8")
+    train(report, "sentiment", "imdb", train_rows, held_out, "--epochs", "2", "--max-examples", "10000",
+          "--max-length", "256", "--lr", "5e-5")  # fmt: skip
+    accuracy = evaluation(report, "sentiment", "imdb", held_out)["accuracy"]
+    report.rows.append(("IMDb, 2,500 held-out train reviews", "accuracy", f"{accuracy:.2%}", ">= 91%"))
+
+
+def conll(report: Report, work: Path) -> None:
+    dev = DATA / "conll2003" / "eng.testa"
+    train(report, "ner", "conll", DATA / "conll2003" / "eng.train", dev, "--epochs", "5", "--lr", "1e-4")
+    f1 = evaluation(report, "ner", "conll", dev)["f1"]
+    report.rows.append(("CoNLL-2003 valid (eng.testa)", "entity F1", f"{100 * f1:.1f}", ">= 91.5"))
+
+
+def goemotions(report: Report, work: Path) -> None:
+    dev = DATA / "goemotions" / "dev.tsv"
+    train(report, "multilabel", "goemotions", DATA / "goemotions" / "train.tsv", dev, "--epochs", "4", "--lr", "1e-4",
+          "--metric", "macro_f1")  # fmt: skip
+    report.run("tune-thresholds", "--model", "goemotions", "--data", dev)
+    macro = evaluation(report, "multilabel", "goemotions", dev)["macro_f1"]
+    report.rows.append(("GoEmotions dev, tuned thresholds", "macro F1", f"{macro:.3f}", ">= 0.45"))
+
+
+def squad(report: Report, work: Path) -> None:
+    report.run("split-squad", DATA / "squad" / "dev-v1.1.json", "--train-articles", "40", "--out-dir", work)
+    train_file, eval_file = work / "dev-v1.1.train.json", work / "dev-v1.1.eval.json"
+    train(report, "qa", "squad", train_file, eval_file, "--epochs", "3", "--lr", "1e-4", "--max-length", "384")
+    scores = evaluation(report, "qa", "squad", eval_file)
+    report.rows.append(("SQuAD v1.1, 8 held-out articles", "exact match", f"{scores['exact_match']:.1f}", ">= 60"))
+    report.rows.append(("SQuAD v1.1, 8 held-out articles", "F1", f"{scores['f1']:.1f}", ">= 70"))
+
+
+def students(report: Report, work: Path) -> None:
+    """Task-specific distillation from the SST-2 model into 3- and 2-layer students, 3 seeds each,
+    then accuracy and engine throughput on SST-2 dev measured in one process, side by side."""
+    train_file, dev = DATA / "sst2" / "train.tsv", DATA / "sst2" / "dev.tsv"
+    names = {}
+    for layers in ("0,2,4", "0,5"):
+        for seed in SEEDS:
+            name = f"sst2-student-{layers.replace(',', '')}-s{seed}"
+            names.setdefault(layers, []).append(name)
+            if not registered(name):
+                report.run("distill", "--task", "sentiment", "--teacher", "sst2", "--student-layers", layers,
+                           "--data", train_file, "--eval-data", dev, "--name", name, "--epochs", "3", "--lr", "1e-4",
+                           "--seed", seed)  # fmt: skip
+    figures = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--measure-students", json.dumps(names)],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        ).stdout  # fmt: skip
+    )
+    teacher = figures["sst2"]
+    for layers, need_keep, need_speed in (("0,2,4", 0.99, 1.9), ("0,5", 0.97, 2.7)):
+        runs = [figures[name] for name in names[layers]]
+        accuracy = sum(r["accuracy"] for r in runs) / len(runs)
+        speed = sum(r["seq_per_s"] for r in runs) / len(runs) / teacher["seq_per_s"]
+        label = f"{len(layers.split(','))}-layer student (teacher layers {layers}), mean of {len(runs)} seeds"
+        report.rows.append((label, "accuracy kept", f"{accuracy / teacher['accuracy']:.1%}", f">= {need_keep:.0%}"))
+        report.rows.append((label, "throughput vs teacher", f"{speed:.2f}x", f">= {need_speed}x"))
+
+
+def measure_students(names: dict[str, list[str]]) -> None:
+    """Accuracy and best-of-3 engine throughput on SST-2 dev for the teacher and every student."""
+    from nlpkit.engine import Engine
+    from nlpkit.modeling import configure_threads
+    from nlpkit.pipelines import load_task
+    from nlpkit_plugins.sentiment import SentimentTask
+
+    configure_threads()
+    examples = SentimentTask.read_examples(DATA / "sst2" / "dev.tsv")
+    records = [example.record for example in examples]
+    figures = {}
+    for name in ["sst2", *(n for group in names.values() for n in group)]:
+        task = load_task("sentiment", name)
+        engine = Engine(task)
+        predictions = engine.predict(records)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            engine.predict(records)
+            best = min(best, time.perf_counter() - started)
+        figures[name] = {"accuracy": SentimentTask.score(predictions, examples)["accuracy"],
+                         "seq_per_s": len(records) / best}  # fmt: skip
+    print(json.dumps(figures))
+
+
+def throughput(report: Report, work: Path) -> None:
+    started = time.perf_counter()
+    output = subprocess.run([sys.executable, REPO / "benchmarks" / "training_throughput.py", "--model",
+                             work.parent / "models" / "minilm", "--examples", "4000"],
+                            stdout=subprocess.PIPE, text=True, check=True).stdout  # fmt: skip
+    report.commands.append(("python benchmarks/training_throughput.py --model MINILM --examples 4000",
+                            time.perf_counter() - started))  # fmt: skip
+    print(output)
+    report.rows.append(("training throughput, SST-2 (see table below)", "examples/s", "", ">= 185 and >= Trainer"))
+    report.throughput_table = output.strip()
+
+
+STEPS = {
+    "sst2": sst2, "imdb": imdb, "conll": conll, "goemotions": goemotions, "squad": squad, "students": students,
+    "throughput": throughput,
+}  # fmt: skip
+
+
+def write_report(report: Report, path: Path, wall: float) -> None:
+    hardware = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model_name = next((line.split(":", 1)[1].strip() for line in hardware.splitlines() if "Model name" in line), "?")
+    lines = [
+        "# Results", "",
+        f"Produced by `scripts/results.py` in {wall / 60:.0f} minutes on {model_name}, "
+        f"{len(os.sched_getaffinity(0))} cores, {platform.platform()} (no GPU unless stated).", "",
+        "| experiment | metric | result | target |", "|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report.rows), "",
+        "## Commands and durations", "",
+        *(f"- `{command}` — {seconds / 60:.1f} min" for command, seconds in report.commands),
+    ]  # fmt: skip
+    if report.throughput_table:
+        lines += ["", "## Training throughput", "", "```", report.throughput_table, "```"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated steps (default: all)")
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "RESULTS.md")
+    parser.add_argument("--measure-students", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_students:
+        measure_students(json.loads(args.measure_students))
+        return
+    from nlpkit import settings
+
+    work = Path(settings.get("home")) / "results"
+    work.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    started = time.perf_counter()
+    report.run("db", "upgrade")
+    if not registered("minilm"):
+        report.run("models", "convert", "starter", work.parent / "models" / "minilm", "--register", "minilm")
+    for name in args.only.split(",") if args.only else STEPS:
+        STEPS[name](report, work)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    write_report(report, args.report, time.perf_counter() - started)
+    print(f"\nwrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()
