@@ -98,6 +98,28 @@ def plugins(as_json: bool) -> None:
     Console().print(table)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def config(state: CliState, as_json: bool) -> None:
+    """The effective settings and where each came from (flag, environment, nlpkit.toml, default)."""
+    rows = settings.effective()
+    if state.database_url:  # a --database-url given to this very command is the effective one
+        rows = [
+            ("database_url", settings.shown("database_url", state.database_url), "flag")
+            if name == "database_url"
+            else (name, value, source)
+            for name, value, source in rows
+        ]
+    if as_json:
+        click.echo(json.dumps([{"name": n, "value": v, "source": s} for n, v, s in rows], indent=2))
+        return
+    table = Table("setting", "value", "source")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
 # --- predict ------------------------------------------------------------------------------
 
 
@@ -126,8 +148,16 @@ def predict() -> None:
 
 def _predict_command(task_class: type) -> click.Command:
     @click.pass_obj
-    def command(state: CliState, texts: tuple[str, ...], input_path: str | None, model: str | None, backend: str,
-                device: str, batch_size: int, **options: Any) -> None:  # fmt: skip
+    def command(
+        state: CliState,
+        texts: tuple[str, ...],
+        input_path: str | None,
+        model: str | None,
+        backend: str,
+        device: str,
+        batch_size: int,
+        **options: Any,
+    ) -> None:
         from nlpkit.data import input_lines
         from nlpkit.pipelines import ModelRegistry, Pipeline, load_task
 
@@ -174,8 +204,12 @@ def _task_option(option: Any) -> click.Option:
 
 @cli.command()
 @click.argument("task")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Labelled data in a format the task reads.")  # fmt: skip
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Labelled data in a format the task reads.",
+)
 @click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task].")
 @click.option("-o", "--option", "task_options", multiple=True, metavar="NAME=VALUE", help="A task setting.")
 @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
@@ -183,8 +217,17 @@ def _task_option(option: Any) -> click.Option:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @pass_state
-def evaluate(state: CliState, task: str, data: Path, model: str | None, task_options: tuple[str, ...], backend: str,
-             device: str, batch_size: int, as_json: bool) -> None:  # fmt: skip
+def evaluate(
+    state: CliState,
+    task: str,
+    data: Path,
+    model: str | None,
+    task_options: tuple[str, ...],
+    backend: str,
+    device: str,
+    batch_size: int,
+    as_json: bool,
+) -> None:
     """Score a model on labelled DATA and record the run in the database."""
     from nlpkit.evaluation import evaluate_and_record
     from nlpkit.pipelines import ModelRegistry, load_task
@@ -248,6 +291,8 @@ def _bootstrap_option(function: Any) -> Any:
     metavar="[TASK.]NAME=VALUE",
     help="A task setting, e.g. -o aggregation=first or -o qa.top_k=3 (repeatable).",
 )
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz on this port.")
+@click.option("--metrics-host", help="Address for the metrics server [env NLPKIT_METRICS_HOST, 127.0.0.1].")
 @click.option(
     "-X",
     "consumer_settings",
@@ -270,11 +315,14 @@ def consume(
     max_message_bytes: int,
     dead_letter_topic: str | None,
     task_options: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str | None,
     consumer_settings: tuple[str, ...],
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
     from nlpkit.engine import Engine
     from nlpkit.modeling import configure_threads
+    from nlpkit.monitoring import MonitoringServer, WorkerMetrics
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
     from nlpkit.stream import Worker, WorkerConfig
@@ -301,9 +349,23 @@ def consume(
         dead_letter_topic=dead_letter_topic,
         consumer_config=dict(_key_value(item) for item in consumer_settings),
     )
-    worker = Worker(config, engines, database, hook=load_plugins().hook)
+    metrics = WorkerMetrics() if metrics_port is not None else None
+    worker = Worker(config, engines, database, hook=load_plugins().hook, metrics=metrics)
     worker.handle_signals()
-    stats = worker.run()
+    server = None
+    if metrics is not None:
+        checks = {
+            "model_loaded": lambda: bool(engines),
+            "database": database.reachable,
+            "broker": metrics.broker_connected,
+        }
+        host = settings.get("metrics_host", metrics_host)
+        server = MonitoringServer(metrics, checks, host, metrics_port).start()
+    try:
+        stats = worker.run()
+    finally:
+        if server is not None:
+            server.stop()
     stderr.print(
         f"consumed {stats.messages} messages: {stats.predictions} predictions, "
         f"{stats.dead_letters} dead letters, {stats.batches} transactions"

@@ -11,13 +11,16 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from nlpkit import settings
 from nlpkit.data import TEXT_COLUMNS, read_rows
 from nlpkit.errors import DataFormatError, NlpkitError
 
 
 def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
-    """librdkafka settings shared by every nlpkit client; ``overrides`` win."""
-    return {"bootstrap.servers": bootstrap_servers, "client.id": "nlpkit", **overrides}
+    """librdkafka settings for every nlpkit client: the configured pass-through properties
+    (SASL, SSL, ...; see :func:`nlpkit.settings.kafka_settings`), then ``overrides``."""
+    configured = {key: value for key, (value, _source) in settings.kafka_settings().items()}
+    return {"client.id": "nlpkit", **configured, "bootstrap.servers": bootstrap_servers, **overrides}
 
 
 def cluster_metadata(client: AdminClient | Consumer, bootstrap_servers: str, timeout: float = 10.0) -> ClusterMetadata:

@@ -1,16 +1,39 @@
-"""Where nlpkit keeps things and how it finds its services.
+"""Where nlpkit keeps things and how it reaches its services, and where each value came from.
 
-Each setting comes from a command-line flag when one is given, else from its
-environment variable, else from a default; :func:`resolve` also says which, so
-``nlpkit`` can explain where a value came from.
+A setting comes, in order of precedence, from a command-line flag, its environment
+variable, the ``nlpkit.toml`` file (``$NLPKIT_CONFIG``, else ``./nlpkit.toml``), or its
+default. ``nlpkit config`` shows the effective values and their sources, with secrets
+masked. Kafka client settings (SASL, SSL, timeouts: any librdkafka property) pass
+through from the ``[kafka]`` table of nlpkit.toml and from ``NLPKIT_KAFKA_*`` variables
+(``NLPKIT_KAFKA_SASL_PASSWORD`` is ``sasl.password``) to every Kafka client nlpkit makes.
+
+Example nlpkit.toml::
+
+    database_url = "postgresql+psycopg://nlpkit@db.internal/nlpkit"
+    bootstrap_servers = "kafka-1:9093,kafka-2:9093"
+
+    [kafka]
+    "security.protocol" = "SASL_SSL"
+    "sasl.mechanism" = "SCRAM-SHA-512"
+    "sasl.username" = "nlpkit"
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from nlpkit.errors import NlpkitError
+
+CONFIG_ENV = "NLPKIT_CONFIG"
+KAFKA_ENV_PREFIX = "NLPKIT_KAFKA_"
+SECRET_WORDS = ("password", "secret", "token", "key.pem", "private")
+MASK = "***"
 
 
 def _default_home() -> str:
@@ -36,23 +59,51 @@ SETTINGS = {
             lambda: f"sqlite:///{Path(get('home')) / 'nlpkit.db'}",
             "SQLAlchemy URL of the database (SQLite file by default)",
         ),
+        Setting("bootstrap_servers", "NLPKIT_BOOTSTRAP_SERVERS", lambda: "127.0.0.1:9092", "Kafka bootstrap servers"),
         Setting(
-            "bootstrap_servers",
-            "NLPKIT_BOOTSTRAP_SERVERS",
-            lambda: "127.0.0.1:9092",
-            "Kafka bootstrap servers",
+            "metrics_host",
+            "NLPKIT_METRICS_HOST",
+            lambda: "127.0.0.1",
+            "address the worker's metrics and health server binds to",
         ),
     )
 }
 
 
+def config_file() -> Path | None:
+    """The nlpkit.toml in use: ``$NLPKIT_CONFIG`` (which must exist), else ./nlpkit.toml if present."""
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        if not Path(named).is_file():
+            raise NlpkitError(f"{CONFIG_ENV} points at {named}, which does not exist")
+        return Path(named)
+    local = Path("nlpkit.toml")
+    return local if local.is_file() else None
+
+
+@functools.cache
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NlpkitError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def file_values() -> tuple[dict[str, Any], Path | None]:
+    path = config_file()
+    return (_read_toml(path.resolve()), path) if path else ({}, None)
+
+
 def resolve(name: str, flag: str | None = None) -> tuple[str, str]:
-    """(value, source) for a setting, source being 'flag', the variable's name, or 'default'."""
+    """(value, source) for a setting; source is 'flag', the variable's name, the file, or 'default'."""
     setting = SETTINGS[name]
     if flag:
         return flag, "flag"
     if os.environ.get(setting.env):
         return os.environ[setting.env], setting.env
+    values, path = file_values()
+    if name in values:
+        return str(values[name]), str(path)
     return setting.default(), "default"
 
 
@@ -63,3 +114,37 @@ def get(name: str, flag: str | None = None) -> str:
 def models_dir() -> Path:
     """Where nlpkit writes the models it trains or converts, unless told otherwise."""
     return Path(get("home")) / "models"
+
+
+def kafka_settings() -> dict[str, tuple[str, str]]:
+    """librdkafka properties to pass through, each with its source: nlpkit.toml's [kafka] table,
+    overridden by NLPKIT_KAFKA_* variables."""
+    values, path = file_values()
+    table = values.get("kafka", {})
+    if not isinstance(table, dict):
+        raise NlpkitError(f"{path}: [kafka] must be a table of librdkafka properties")
+    chosen = {str(key): (str(value), str(path)) for key, value in table.items()}
+    for variable, value in os.environ.items():
+        if variable.startswith(KAFKA_ENV_PREFIX) and value:
+            chosen[variable[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = (value, variable)
+    return chosen
+
+
+def is_secret(name: str) -> bool:
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def shown(name: str, value: str) -> str:
+    """A value as it may be printed or logged: passwords and keys masked."""
+    if name == "database_url":
+        from nlpkit.store import redact_url
+
+        return redact_url(value)
+    return MASK if is_secret(name) else value
+
+
+def effective() -> list[tuple[str, str, str]]:
+    """(name, printable value, source) for every setting and Kafka pass-through property."""
+    rows = [(name, shown(name, value), source) for name in SETTINGS for value, source in [resolve(name)]]
+    rows += [(f"kafka: {key}", shown(key, value), source) for key, (value, source) in sorted(kafka_settings().items())]
+    return rows

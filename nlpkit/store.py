@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -176,6 +177,15 @@ class Database:
         """A session whose transaction commits on success and rolls back on any error."""
         with self._sessions.begin() as session:
             yield session
+
+    def reachable(self) -> bool:
+        """Whether a trivial query succeeds right now (for health checks)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
 
     def check_schema(self) -> None:
         """Refuse to run against a database the migrations have not brought up to date."""
@@ -329,7 +339,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        # A database that does not answer should fail a command (or a health check) in seconds, not hang it.
+        timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=timeout)
     except (SQLAlchemyError, ImportError) as exc:
         raise NlpkitError(f"cannot use database {redact_url(url)}: {exc}") from exc
 

@@ -29,6 +29,7 @@ from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.kafkaio import client_config, cluster_metadata
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
+from nlpkit.monitoring import WorkerMetrics
 from nlpkit.store import Database, StoredBatch, utcnow
 from nlpkit.tasks import Prediction, Record
 
@@ -85,6 +86,7 @@ class Worker:
         engines: Mapping[str, Engine],
         database: Database,
         hook: Any = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if not engines:
             raise NlpkitError("a worker needs at least one task")
@@ -93,6 +95,7 @@ class Worker:
         self.default_task = next(iter(self.engines))
         self.database = database
         self.hook = hook
+        self.metrics = metrics
         self.stats = WorkerStats()
         self._stopping = False
         self._assigned: set[tuple[str, int]] = set()
@@ -122,6 +125,7 @@ class Worker:
                     "group.id": self.config.group,
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    **(self.metrics.consumer_settings() if self.metrics else {}),
                     **self.config.consumer_config,
                 },
             )
@@ -205,7 +209,10 @@ class Worker:
             else:
                 routed[task].append((message, record_or_reason))
         for task, items in routed.items():
+            started = time.perf_counter()
             outcomes = self.engines[task].run([record for _message, record in items])
+            if self.metrics:
+                self.metrics.inference_seconds.labels(task).observe(time.perf_counter() - started)
             for (message, record), outcome in zip(items, outcomes, strict=True):
                 if isinstance(outcome, RecordFailure):
                     self._dead(batch, message, task, Rejected(outcome.reason, stage="model"))
@@ -214,10 +221,25 @@ class Worker:
         self._store(batch)
         self._publish_dead_letters(batch)
         self._commit(consumer, batch.next_offsets)
+        if self.metrics:
+            self._observe(messages, batch)
         self.stats.messages += len(messages)
         self.stats.predictions += len(batch.predictions)
         self.stats.dead_letters += len(batch.dead_letters)
         self.stats.batches += 1
+
+    def _observe(self, messages: list[Message], batch: _Batch) -> None:
+        metrics = self.metrics
+        metrics.batch_messages.observe(len(messages))
+        for message in messages:
+            metrics.consumed.labels(message.topic()).inc()
+        for row in batch.predictions:
+            metrics.stored.labels(row["task"]).inc()
+        for row in batch.dead_letters:
+            metrics.dead_letters.labels(row["task"], row["stage"]).inc()
+        for row in (*batch.predictions, *batch.dead_letters):
+            if row["message_timestamp"] is not None:
+                metrics.end_to_end_seconds.observe((row["stored_at"] - row["message_timestamp"]).total_seconds())
 
     def _route(self, message: Message) -> tuple[str, Record | Rejected]:
         decoded = decode_message(message.value(), message.key(), self.config.max_message_bytes)

@@ -1,0 +1,154 @@
+"""What a running worker tells its operators: Prometheus metrics and a health endpoint.
+
+``nlpkit consume --metrics-port P`` serves, on 127.0.0.1 unless configured otherwise:
+
+- ``/metrics``: messages consumed, predictions stored and dead letters (by task and
+  stage), messages per batch, inference time per batch and per task, the time from a
+  message's Kafka timestamp to its row being stored, and consumer lag per partition
+  (from librdkafka's statistics: high watermark minus committed offset);
+- ``/healthz``: ``{"model_loaded", "database", "broker"}``, status 200 when all are true
+  and 503 otherwise, so an orchestrator can restart or stop routing to a sick worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from confluent_kafka import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("nlpkit.monitoring")
+
+STATS_INTERVAL_MS = 5000
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics, in a registry of its own (several workers in one
+    process, as in tests, do not collide), plus the broker state seen in librdkafka's stats."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.consumed = Counter(
+            "nlpkit_messages_consumed", "Messages read from Kafka.", ["topic"], registry=self.registry
+        )
+        self.stored = Counter(
+            "nlpkit_predictions_stored", "Prediction rows committed.", ["task"], registry=self.registry
+        )
+        self.dead_letters = Counter(
+            "nlpkit_dead_letters", "Dead letters committed.", ["task", "stage"], registry=self.registry
+        )
+        self.batch_messages = Histogram(
+            "nlpkit_batch_messages", "Messages per processed batch.", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.inference_seconds = Histogram(
+            "nlpkit_inference_seconds",
+            "Model time per batch and task.",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "nlpkit_end_to_end_seconds",
+            "Kafka message timestamp to row stored.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "nlpkit_consumer_lag",
+            "High watermark minus committed offset.",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.broker_up = False
+        self._stats_seen = 0.0
+
+    def consumer_settings(self) -> dict[str, Any]:
+        """librdkafka settings that feed :meth:`on_stats` and :meth:`on_error`."""
+        return {"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.on_stats, "error_cb": self.on_error}
+
+    def on_stats(self, payload: str) -> None:
+        stats = json.loads(payload)
+        self._stats_seen = time.monotonic()
+        self.broker_up = any(broker.get("state") == "UP" for broker in stats.get("brokers", {}).values())
+        for topic, details in stats.get("topics", {}).items():
+            for partition, numbers in details.get("partitions", {}).items():
+                if partition != "-1" and numbers.get("consumer_lag", -1) >= 0:
+                    self.lag.labels(topic, partition).set(numbers["consumer_lag"])
+
+    def on_error(self, error: KafkaError) -> None:
+        log.warning("Kafka: %s", error.str())
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.broker_up = False
+
+    def broker_connected(self) -> bool:
+        """Up in the latest statistics, and those not older than three intervals."""
+        fresh = time.monotonic() - self._stats_seen < 3 * STATS_INTERVAL_MS / 1000
+        return self.broker_up and fresh
+
+
+class MonitoringServer:
+    """``/metrics`` and ``/healthz`` on a background thread."""
+
+    def __init__(self, metrics: WorkerMetrics, checks: dict[str, Callable[[], bool]], host: str, port: int) -> None:
+        self.metrics = metrics
+        self.checks = checks
+        handler = self._handler()
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="nlpkit-metrics", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def start(self) -> MonitoringServer:
+        self.thread.start()
+        log.info("metrics and health on http://%s:%d/metrics and /healthz", *self.address)
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def health(self) -> tuple[bool, dict[str, bool]]:
+        results = {}
+        for name, check in self.checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:  # a failing probe is an unhealthy answer, not a crashed server
+                results[name] = False
+        return all(results.values()), results
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+                if self.path == "/metrics":
+                    self._reply(HTTPStatus.OK, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    healthy, results = server.health()
+                    status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+                    self._reply(status, json.dumps(results).encode(), "application/json")
+                else:
+                    self._reply(HTTPStatus.NOT_FOUND, b"see /metrics and /healthz\n", "text/plain")
+
+            def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+                log.debug("%s %s", self.address_string(), format % args)
+
+        return Handler
