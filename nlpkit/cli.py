@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,49 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import __version__, settings
+from nlpkit.clibase import CliState, NlpkitGroup, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.localservices.commands import services
+from nlpkit.opscli import COMMANDS as OPERATIONS_COMMANDS
 
 stderr = Console(stderr=True)
-
-
-@dataclass
-class CliState:
-    database_url: str | None
-    debug: bool
-
-    def database(self, check: bool = True) -> Any:
-        from nlpkit.store import Database
-
-        database = Database(settings.get("database_url", self.database_url))
-        if check:
-            database.check_schema()
-        return database
-
-
-class NlpkitGroup(click.Group):
-    """Prints errors a user can act on as one line; ``--debug`` shows the traceback instead."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            return super().invoke(ctx)
-        except (NlpkitError, SQLAlchemyError) as exc:
-            if _debugging(ctx):
-                raise
-            message = str(exc) if isinstance(exc, NlpkitError) else f"database error: {_first_line(exc)}"
-            raise click.ClickException(message) from None
-
-
-def _debugging(ctx: click.Context) -> bool:
-    state = ctx.find_object(CliState)
-    return bool(state and state.debug) or os.environ.get("NLPKIT_DEBUG") == "1"
-
-
-def _first_line(exc: BaseException) -> str:
-    """The driver's own message without SQLAlchemy's appended SQL and parameters."""
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 @click.group(cls=NlpkitGroup)
@@ -74,9 +36,6 @@ def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     """nlpkit: DistilBERT task plugins fed from Kafka, stored in SQL."""
     ctx.obj = CliState(database_url=database_url, debug=debug)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 # --- plugins ----------------------------------------------------------------------------
@@ -251,12 +210,6 @@ def evaluate(
 # --- consume and send ---------------------------------------------------------------------
 
 
-def _bootstrap_option(function: Any) -> Any:
-    return click.option(
-        "--bootstrap-servers", metavar="HOSTS", help="Kafka bootstrap servers [env NLPKIT_BOOTSTRAP_SERVERS]."
-    )(function)
-
-
 @cli.command()
 @click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
 @click.option(
@@ -267,7 +220,7 @@ def _bootstrap_option(function: Any) -> Any:
     help="Task to run (repeatable; a message's 'task' field picks one, default the first).",
 )
 @click.option("--group", help="Consumer group [nlpkit-TASK].")
-@_bootstrap_option
+@bootstrap_option
 @click.option(
     "--model",
     "models",
@@ -411,7 +364,7 @@ def _key_value(item: str) -> tuple[str, str]:
 @cli.command()
 @click.option("--topic", required=True, help="Topic to send to.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@_bootstrap_option
+@bootstrap_option
 @click.option("--text-column", help="Column holding the text [text, sentence or review].")
 @click.option("--key-field", default="id", show_default=True, help="Field used as the message key, if present.")
 @click.option("--sample", type=int, help="Send a random sample of this many rows.")
@@ -445,7 +398,7 @@ def topics() -> None:
 @click.argument("name")
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--replication-factor", default=1, show_default=True, type=click.IntRange(min=1))
-@_bootstrap_option
+@bootstrap_option
 def topics_create(name: str, partitions: int, replication_factor: int, bootstrap_servers: str | None) -> None:
     """Create a topic (does nothing if it exists)."""
     from nlpkit.kafkaio import create_topic
@@ -455,7 +408,7 @@ def topics_create(name: str, partitions: int, replication_factor: int, bootstrap
 
 
 @topics.command("list")
-@_bootstrap_option
+@bootstrap_option
 def topics_list(bootstrap_servers: str | None) -> None:
     """List topics and their partition counts."""
     from nlpkit.kafkaio import list_topics
@@ -511,7 +464,7 @@ def models_list(state: CliState, task: str | None, as_json: bool) -> None:
     """Registered models, newest first."""
     entries = state.database().list_models(task)
     if as_json:
-        click.echo(json.dumps([_entry_dict(entry) for entry in entries], indent=2, default=str))
+        click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
         return
     table = Table("name", "task", "revision", "metrics", "created", "path")
     for entry in entries:
@@ -530,7 +483,7 @@ def models_show(state: CliState, name: str) -> None:
     entry = state.database().find_model(name)
     if entry is None:
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
-    click.echo(json.dumps(_entry_dict(entry), indent=2, default=str))
+    click.echo(json.dumps(entry.as_dict(), indent=2, default=str))
 
 
 @models.command("remove")
@@ -541,18 +494,6 @@ def models_remove(state: CliState, name: str) -> None:
     if not state.database().remove_model(name):
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
     stderr.print(f"removed '{name}' from the registry")
-
-
-def _entry_dict(entry: Any) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "task": entry.task,
-        "path": str(entry.path),
-        "revision": entry.revision,
-        "base_model": entry.base_model,
-        "metrics": entry.metrics,
-        "created_at": entry.created_at.isoformat(),
-    }
 
 
 # --- db -----------------------------------------------------------------------------------------
@@ -607,6 +548,8 @@ def db_history() -> None:
 
 
 cli.add_command(services)
+for command in OPERATIONS_COMMANDS:
+    cli.add_command(command)
 
 _plugin_commands_added = False
 

@@ -15,6 +15,9 @@ from nlpkit import settings
 from nlpkit.data import TEXT_COLUMNS, read_rows
 from nlpkit.errors import DataFormatError, NlpkitError
 
+Headers = dict[str, bytes]
+Outgoing = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers]
+
 
 def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for every nlpkit client: the configured pass-through properties
@@ -95,14 +98,15 @@ def file_messages(
 def produce(
     bootstrap_servers: str,
     topic: str,
-    messages: Iterable[tuple[bytes | None, bytes]],
+    messages: Iterable[Outgoing],
     progress: Callable[[int], None] | None = None,
     **overrides: Any,
 ) -> int:
     """Send messages with an idempotent producer, wait for every acknowledgement, return the count.
 
     Raises NlpkitError if any message was not acknowledged, so a caller never believes
-    data reached the topic when it did not.
+    data reached the topic when it did not. A message is ``(key, value)`` or
+    ``(key, value, headers)``.
     """
     producer = Producer(client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides}))
     failures: list[str] = []
@@ -114,8 +118,8 @@ def produce(
             progress(1)
 
     sent = 0
-    for key, value in messages:
-        _produce_one(producer, topic, key, value, on_delivery)
+    for key, value, *headers in messages:
+        _produce_one(producer, topic, key, value, headers[0] if headers else None, on_delivery)
         sent += 1
     remaining = producer.flush(60)
     if remaining or failures:
@@ -124,10 +128,17 @@ def produce(
     return sent
 
 
-def _produce_one(producer: Producer, topic: str, key: bytes | None, value: bytes, on_delivery: Callable) -> None:
+def _produce_one(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    on_delivery: Callable,
+) -> None:
     while True:
         try:
-            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
             producer.poll(0)
             return
         except BufferError:  # local queue full: let deliveries drain, then retry

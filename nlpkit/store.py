@@ -152,6 +152,18 @@ class ModelEntry:
     metrics: dict[str, Any] | None
     created_at: dt.datetime
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: paths and times as strings."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "path": str(self.path),
+            "revision": self.revision,
+            "base_model": self.base_model,
+            "metrics": self.metrics,
+            "created_at": self.created_at.isoformat(),
+        }
+
 
 @dataclass
 class StoredBatch:
@@ -358,7 +370,7 @@ def redact_url(url: str) -> str:
     """The URL with any password masked, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<invalid database URL>"
 
 

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nlpkit.cli import CliState, pass_state
+from nlpkit.clibase import CliState, pass_state
 
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 positive = click.IntRange(min=1)

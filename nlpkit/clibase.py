@@ -1,0 +1,111 @@
+"""What every ``nlpkit`` command shares: the state the top-level options set, one-line
+errors, and the parameter types several commands use.
+
+Plugins that add commands import :data:`pass_state` and :class:`CliState` from here (or
+from ``nlpkit.cli``, which re-exports them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from nlpkit import settings
+from nlpkit.errors import NlpkitError
+
+
+@dataclass
+class CliState:
+    database_url: str | None
+    debug: bool
+
+    def database(self, check: bool = True) -> Any:
+        """The configured database; with ``check``, refuse one that needs ``nlpkit db upgrade``."""
+        from nlpkit.store import Database
+
+        database = Database(settings.get("database_url", self.database_url))
+        if check:
+            database.check_schema()
+        return database
+
+
+class NlpkitGroup(click.Group):
+    """Prints errors a user can act on as one line; ``--debug`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except (NlpkitError, SQLAlchemyError, OSError) as exc:
+            if _debugging(ctx):
+                raise
+            raise click.ClickException(one_line(exc)) from None
+
+
+# scheme://anything up to whitespace or a quote, not ending in the punctuation of the sentence around it.
+URL_IN_TEXT = re.compile(r"\b[\w+]+://[^\s'\"]*[^\s'\":,.;)]")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the single line the CLI prints."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nlpkit.store import redact_url
+
+    if isinstance(exc, SQLAlchemyError):
+        # The driver's own message, without SQLAlchemy's appended SQL and parameters.
+        message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return f"database error: {message}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    message = str(exc)
+    # A URL with a password must never reach a terminal or a log, whatever raised it.
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), message)
+
+
+def _debugging(ctx: click.Context) -> bool:
+    state = ctx.find_object(CliState)
+    return bool(state and state.debug) or os.environ.get("NLPKIT_DEBUG") == "1"
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def bootstrap_option(function: Any) -> Any:
+    """``--bootstrap-servers``, for every command that talks to Kafka."""
+    return click.option(
+        "--bootstrap-servers", metavar="HOSTS", help="Kafka bootstrap servers [env NLPKIT_BOOTSTRAP_SERVERS]."
+    )(function)
+
+
+class MomentParam(click.ParamType):
+    """A point in time: ISO 8601 (``2026-11-21``, ``2026-11-21T08:00``, UTC unless an offset
+    is given) or an age such as ``90s``, ``30m``, ``2h``, ``7d`` meaning that long ago."""
+
+    name = "TIME"
+    _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+    _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        text = str(value).strip()
+        age = self._AGE.match(text)
+        if age:
+            amount, unit = age.groups()
+            return dt.datetime.now(dt.UTC) - dt.timedelta(**{self._UNITS[unit]: float(amount)})
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"'{text}' is neither an ISO date/time nor an age like 30m, 2h or 7d", param, ctx)
+        # Stored times are UTC (SQLite keeps them without an offset), so filters compare in UTC too.
+        return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+MOMENT = MomentParam()

@@ -1,0 +1,330 @@
+"""Commands for the people who run nlpkit: ``status``, ``dead-letters`` and ``results``."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from nlpkit import settings
+from nlpkit.clibase import MOMENT, CliState, NlpkitGroup, bootstrap_option, one_line, pass_state
+from nlpkit.errors import NlpkitError
+
+stderr = Console(stderr=True)
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--group", "groups", multiple=True, help="Consumer group to show (repeatable) [every group].")
+@click.option("--topic", "topics", multiple=True, help="Only these topics, every partition (repeatable).")
+@bootstrap_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@pass_state
+def status(
+    state: CliState, groups: tuple[str, ...], topics: tuple[str, ...], bootstrap_servers: str | None, as_json: bool
+) -> None:
+    """Consumer lag per partition, stored rows per task, and registered models.
+
+    Each part is reported even when another cannot be read; the exit code is 1 if any failed.
+    """
+    from nlpkit.queries import counts_by_task
+    from nlpkit.store import redact_url
+
+    report: dict[str, Any] = {}
+    errors: list[str] = []
+
+    def gather(part: str, read: Any) -> None:
+        try:
+            report[part] = read()
+        except Exception as exc:  # noqa: BLE001 - each part fails on its own, as one line
+            if state.debug:
+                raise
+            report[part] = {"error": one_line(exc)}
+            errors.append(f"{part}: {one_line(exc)}")
+
+    servers = settings.get("bootstrap_servers", bootstrap_servers)
+    gather("kafka", lambda: {"bootstrap_servers": servers, "partitions": _lag_rows(servers, groups, topics)})
+
+    def database_part() -> dict[str, Any]:
+        database = state.database()
+        return {"url": redact_url(database.url), "tasks": counts_by_task(database), "models": database.list_models()}
+
+    gather("database", database_part)
+    models = report["database"].pop("models", []) if "error" not in report["database"] else []
+    report["models"] = [entry.as_dict() for entry in models]
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
+    if errors:
+        raise NlpkitError("; ".join(errors))
+
+
+def _lag_rows(servers: str, groups: tuple[str, ...], topics: tuple[str, ...]) -> list[dict]:
+    from nlpkit.lag import consumer_lag
+
+    return [row.as_dict() for row in consumer_lag(servers, groups=groups, topics=topics)]
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    console = Console()
+    kafka = report["kafka"]
+    if "error" not in kafka:
+        table = Table("group", "topic", "partition", "committed", "high watermark", "lag", title="Kafka")
+        for row in kafka["partitions"]:
+            committed = "-" if row["committed"] is None else row["committed"]
+            cells = (row["group"], row["topic"], row["partition"], committed, row["high_watermark"], row["lag"])
+            table.add_row(*map(str, cells))
+        console.print(table if kafka["partitions"] else f"Kafka at {kafka['bootstrap_servers']}: no consumer groups")
+    database = report["database"]
+    if "error" not in database:
+        table = Table("task", "predictions", "dead letters", "not replayed", title=f"Database {database['url']}")
+        for task, counts in database["tasks"].items():
+            table.add_row(task, *(str(counts[key]) for key in ("predictions", "dead_letters", "dead_letters_pending")))
+        console.print(table if database["tasks"] else f"Database {database['url']}: no rows yet")
+    table = Table("name", "task", "revision", "created", title="Models")
+    for model in report["models"]:
+        table.add_row(model["name"], model["task"], model["revision"], model["created_at"][:16])
+    console.print(table if report["models"] else "No registered models")
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+
+def _dead_letter_filters(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--task", help="Only this task's dead letters."),
+            click.option("--topic", help="Only messages from this topic."),
+            click.option("--stage", help="Only this stage: decode, validate, route or model."),
+            click.option("--reason", "reason_contains", metavar="TEXT", help="Only reasons containing TEXT."),
+            click.option("--since", type=MOMENT, help="Stored at or after (ISO time, or an age like 2h)."),
+            click.option("--until", type=MOMENT, help="Stored before (ISO time, or an age like 30m)."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@click.group("dead-letters", cls=NlpkitGroup)
+def dead_letters() -> None:
+    """Inspect and replay messages that could not be processed."""
+
+
+@dead_letters.command("list")
+@_dead_letter_filters
+@click.option("--replayed/--not-replayed", default=None, help="Only replayed, or only not yet replayed, ones.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, raw bytes included.")
+@pass_state
+def dead_letters_list(state: CliState, limit: int, as_json: bool, **filters: Any) -> None:
+    """Dead letters, newest first."""
+    from nlpkit.queries import DeadLetterFilter
+    from nlpkit.queries import dead_letters as read
+
+    letters = read(state.database(), DeadLetterFilter(**filters), limit=limit)
+    if as_json:
+        for letter in letters:
+            click.echo(json.dumps(_letter_dict(letter), ensure_ascii=False))
+        return
+    table = Table("id", "task", "stage", "source", "reason", "stored", "replayed")
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.task,
+            letter.stage,
+            _source(letter),
+            letter.reason if len(letter.reason) <= 60 else letter.reason[:59] + "…",
+            f"{letter.stored_at:%Y-%m-%d %H:%M:%S}",
+            f"{letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else "",
+        )
+    Console().print(table if letters else "No dead letters match")
+
+
+@dead_letters.command("show")
+@click.argument("letter_id", metavar="ID", type=int)
+@click.option("--bytes", "shown_bytes", default=1024, show_default=True, help="Show at most this many raw bytes.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def dead_letters_show(state: CliState, letter_id: int, shown_bytes: int, as_json: bool) -> None:
+    """One dead letter: where it came from, why it failed, and its raw bytes."""
+    letter = _one_letter(state, letter_id)
+    if as_json:
+        click.echo(json.dumps(_letter_dict(letter), ensure_ascii=False, indent=2))
+        return
+    details = _letter_dict(letter)
+    for name in ("id", "task", "stage", "reason", "source", "key", "message_timestamp", "stored_at", "replayed_at"):
+        click.echo(f"{name + ':':<19}{details[name] if details[name] is not None else '-'}")
+    raw = letter.raw_value or b""
+    cut = f", first {shown_bytes} shown" if len(raw) > shown_bytes else ""
+    click.echo(f"{'raw value:':<19}{len(raw)} bytes{cut}")
+    click.echo(_hexdump(raw[:shown_bytes]))
+
+
+@dead_letters.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@_dead_letter_filters
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter matching the filters (not yet replayed).")
+@click.option("--to-topic", metavar="TOPIC", help="Send to TOPIC instead of each message's own topic.")
+@click.option("--again", is_flag=True, help="Include dead letters that were replayed before.")
+@click.option("--dry-run", is_flag=True, help="List what would be replayed and stop.")
+@bootstrap_option
+@pass_state
+def dead_letters_replay(
+    state: CliState,
+    ids: tuple[int, ...],
+    replay_all: bool,
+    to_topic: str | None,
+    again: bool,
+    dry_run: bool,
+    bootstrap_servers: str | None,
+    **filters: Any,
+) -> None:
+    """Re-send dead letters (by ID, or --all matching the filters) to Kafka and mark them replayed.
+
+    The raw key and value go out unchanged, with an ``nlpkit.replay-of`` header naming
+    the original topic/partition/offset; the workers then process them as new messages.
+    """
+    from nlpkit.queries import DeadLetterFilter
+    from nlpkit.queries import dead_letters as read
+    from nlpkit.replay import resend
+
+    if not ids and not replay_all:
+        raise click.UsageError("name dead letters by ID, or pass --all (with filters) to replay every match")
+    database = state.database()
+    letters = read(database, DeadLetterFilter(ids=ids, replayed=None if again or ids else False, **filters))
+    missing = sorted(set(ids) - {letter.id for letter in letters})
+    if missing:
+        raise NlpkitError(f"no dead letter with id {missing[0]} matches; see `nlpkit dead-letters list`")
+    if dry_run or not letters:
+        for letter in letters:
+            click.echo(f"{letter.id}\t{_source(letter)}\t{letter.reason}")
+        stderr.print(f"{len(letters)} dead letter(s) would be replayed" if dry_run else "nothing to replay")
+        return
+    sent = resend(database, letters, settings.get("bootstrap_servers", bootstrap_servers), topic=to_topic)
+    stderr.print(f"replayed {sent} dead letter(s)" + (f" to '{to_topic}'" if to_topic else " to their topics"))
+
+
+def _one_letter(state: CliState, letter_id: int) -> Any:
+    from nlpkit.queries import DeadLetterFilter
+    from nlpkit.queries import dead_letters as read
+
+    found = read(state.database(), DeadLetterFilter(ids=[letter_id]))
+    if not found:
+        raise NlpkitError(f"no dead letter with id {letter_id}; see `nlpkit dead-letters list`")
+    return found[0]
+
+
+def _source(letter: Any) -> str:
+    return f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+
+
+def _letter_dict(letter: Any) -> dict[str, Any]:
+    import base64
+
+    raw = letter.raw_value
+    return {
+        "id": letter.id,
+        "task": letter.task,
+        "stage": letter.stage,
+        "reason": letter.reason,
+        "source": _source(letter),
+        "topic": letter.source_topic,
+        "partition": letter.source_partition,
+        "offset": letter.source_offset,
+        "key": None if letter.source_key is None else letter.source_key.decode("utf-8", "backslashreplace"),
+        "raw_text": None if raw is None else raw.decode("utf-8", "backslashreplace"),
+        "raw_base64": None if raw is None else base64.b64encode(raw).decode("ascii"),
+        "message_timestamp": _iso(letter.message_timestamp),
+        "stored_at": _iso(letter.stored_at),
+        "replayed_at": _iso(letter.replayed_at),
+    }
+
+
+def _hexdump(data: bytes, width: int = 16) -> str:
+    """Offset, hex bytes and printable ASCII, 16 bytes a line: the bytes exactly as Kafka held them."""
+    lines = []
+    for start in range(0, len(data), width):
+        chunk = data[start : start + width]
+        shown = "".join(chr(byte) if 32 <= byte < 127 else "." for byte in chunk)
+        lines.append(f"  {start:08x}  {chunk.hex(' '):<{width * 3}} {shown}")
+    return "\n".join(lines) or "  (empty)"
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).isoformat()
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--task", help="Only this task's predictions.")
+@click.option("--label", help="Only predictions with this label.")
+@click.option("--model", help="Only predictions of this model (registered name or directory name).")
+@click.option("--topic", help="Only predictions for messages from this topic.")
+@click.option("--since", type=MOMENT, help="Stored at or after (ISO time, or an age like 2h).")
+@click.option("--until", type=MOMENT, help="Stored before (ISO time, or an age like 30m).")
+@click.option("--min-score", type=float, help="Only predictions scoring at least this.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows, oldest first.")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE [stdout].")
+@click.option("--count", "count_only", is_flag=True, help="Print only the number of matching rows.")
+@pass_state
+def results(
+    state: CliState,
+    limit: int | None,
+    output_format: str,
+    output: Path | None,
+    count_only: bool,
+    **filters: Any,
+) -> None:
+    """Query stored predictions and export them as JSON lines or CSV."""
+    from nlpkit.files import output_file
+    from nlpkit.queries import PredictionFilter, count_predictions, iter_predictions
+
+    database = state.database()
+    where = PredictionFilter(**filters)
+    if count_only:
+        click.echo(count_predictions(database, where))
+        return
+    with output_file(output, newline="" if output_format == "csv" else None) as stream:
+        written = _write_rows(stream, output_format, iter_predictions(database, where, limit=limit))
+    if output is not None:
+        stderr.print(f"wrote {written} prediction(s) to {output}")
+
+
+def _write_rows(stream: Any, output_format: str, rows: Iterable[dict[str, Any]]) -> int:
+    from nlpkit.queries import PREDICTION_COLUMNS
+
+    writer = csv.DictWriter(stream, fieldnames=PREDICTION_COLUMNS) if output_format == "csv" else None
+    if writer:
+        writer.writeheader()
+    written = 0
+    for row in rows:
+        row = {name: _iso(value) if isinstance(value, dt.datetime) else value for name, value in row.items()}
+        if writer:
+            writer.writerow({name: _cell(value) for name, value in row.items()})
+        else:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written += 1
+    return written
+
+
+def _cell(value: Any) -> Any:
+    """JSON columns (the output, extra input fields) as JSON text in a CSV cell."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+
+
+COMMANDS = (status, dead_letters, results)
