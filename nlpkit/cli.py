@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import __version__, settings
-from nlpkit.clibase import CliState, NlpkitGroup, bootstrap_option, pass_state
+from nlpkit.clibase import CliState, NlpkitGroup, bootstrap_option, key_values, layer_list, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.localservices.commands import services
 from nlpkit.opscli import COMMANDS as OPERATIONS_COMMANDS
@@ -36,6 +36,8 @@ def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     """nlpkit: DistilBERT task plugins fed from Kafka, stored in SQL."""
     ctx.obj = CliState(database_url=database_url, debug=debug)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A command that cannot reach Kafka says so in one line; librdkafka's retries are noise then.
+    logging.getLogger("nlpkit.kafka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 # --- plugins ----------------------------------------------------------------------------
@@ -170,7 +172,9 @@ def _task_option(option: Any) -> click.Option:
     help="Labelled data in a format the task reads.",
 )
 @click.option("--model", metavar="REF", help="Model directory or registered name [newest for the task].")
-@click.option("-o", "--option", "task_options", multiple=True, metavar="NAME=VALUE", help="A task setting.")
+@click.option(
+    "-o", "--option", "task_options", multiple=True, callback=key_values, metavar="NAME=VALUE", help="A task setting."
+)
 @click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
@@ -181,7 +185,7 @@ def evaluate(
     task: str,
     data: Path,
     model: str | None,
-    task_options: tuple[str, ...],
+    task_options: dict[str, str],
     backend: str,
     device: str,
     batch_size: int,
@@ -242,6 +246,7 @@ def evaluate(
     "task_options",
     multiple=True,
     metavar="[TASK.]NAME=VALUE",
+    callback=key_values,
     help="A task setting, e.g. -o aggregation=first or -o qa.top_k=3 (repeatable).",
 )
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz on this port.")
@@ -250,6 +255,7 @@ def evaluate(
     "-X",
     "consumer_settings",
     multiple=True,
+    callback=key_values,
     metavar="KEY=VALUE",
     help="librdkafka consumer setting, passed through (repeatable).",
 )
@@ -267,10 +273,10 @@ def consume(
     max_messages: int | None,
     max_message_bytes: int,
     dead_letter_topic: str | None,
-    task_options: tuple[str, ...],
+    task_options: dict[str, str],
     metrics_port: int | None,
     metrics_host: str | None,
-    consumer_settings: tuple[str, ...],
+    consumer_settings: dict[str, str],
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
     from nlpkit.engine import Engine
@@ -300,10 +306,14 @@ def consume(
         max_messages=max_messages,
         max_message_bytes=max_message_bytes,
         dead_letter_topic=dead_letter_topic,
-        consumer_config=dict(_key_value(item) for item in consumer_settings),
+        consumer_config=consumer_settings,
     )
     metrics = WorkerMetrics() if metrics_port is not None else None
     worker = Worker(config, engines, database, hook=load_plugins().hook, metrics=metrics)
+    # Once connected, a long-running worker shows client trouble (a broker going away, say).
+    client_log = logging.getLogger("nlpkit.kafka")
+    client_log.setLevel(logging.WARNING)
+    client_log.addFilter(lambda _record: worker.connected)
     worker.handle_signals()
     server = None
     if metrics is not None:
@@ -338,13 +348,12 @@ def _models_by_task(tasks: tuple[str, ...], models: tuple[str, ...]) -> dict[str
     return refs
 
 
-def _options_by_task(tasks: Sequence[str], items: Sequence[str]) -> dict[str, dict[str, str]]:
+def _options_by_task(tasks: Sequence[str], items: dict[str, str]) -> dict[str, dict[str, str]]:
     """``-o [TASK.]NAME=VALUE`` settings per task; a bare NAME goes to every task that has it."""
     from nlpkit.plugins import get_task_class
 
     options: dict[str, dict[str, str]] = {task: {} for task in tasks}
-    for item in items:
-        target, value = _key_value(item)
+    for target, value in items.items():
         task, _, name = target.rpartition(".")
         chosen = [task] if task else [t for t in tasks if name in {o.name for o in get_task_class(t).options}]
         if not chosen or (task and task not in tasks):
@@ -352,13 +361,6 @@ def _options_by_task(tasks: Sequence[str], items: Sequence[str]) -> dict[str, di
         for each in chosen:
             options[each][name] = value
     return options
-
-
-def _key_value(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise click.BadParameter(f"expected KEY=VALUE, got '{item}'")
-    return key, value
 
 
 @cli.command()
@@ -384,7 +386,8 @@ def send(
     from nlpkit.kafkaio import file_messages, produce
 
     messages = file_messages(file, text_column=text_column, key_field=key_field, sample=sample, seed=seed)
-    with tqdm(total=len(messages), unit="msg", desc=f"sending to {topic}") as bar:
+    # disable=None: a bar on a terminal, none in logs and pipes.
+    with tqdm(total=len(messages), unit="msg", desc=f"sending to {topic}", disable=None) as bar:
         sent = produce(settings.get("bootstrap_servers", bootstrap_servers), topic, messages, progress=bar.update)
     stderr.print(f"sent {sent} messages to '{topic}'")
 
@@ -428,10 +431,12 @@ def models() -> None:
 @models.command("convert")
 @click.argument("source")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layers", metavar="0,2,4", help="Keep only these teacher layers (student initialisation).")
+@click.option(
+    "--layers", callback=layer_list, metavar="0,2,4", help="Keep only these teacher layers (student initialisation)."
+)
 @click.option("--register", "name", metavar="NAME", help="Also register the result under NAME (task 'base').")
 @pass_state
-def models_convert(state: CliState, source: str, dest: Path, layers: str | None, name: str | None) -> None:
+def models_convert(state: CliState, source: str, dest: Path, layers: list[int] | None, name: str | None) -> None:
     """Convert a BERT checkpoint into an equivalent DistilBERT checkpoint.
 
     SOURCE is a model directory, or 'starter' for the 6-layer BERT inside the
@@ -441,9 +446,8 @@ def models_convert(state: CliState, source: str, dest: Path, layers: str | None,
     from nlpkit.starter import starter_model_path
 
     source_path = starter_model_path() if source == "starter" else Path(source)
-    kept = [int(index) for index in layers.split(",")] if layers else None
     try:
-        convert_bert_to_distilbert(source_path, dest, layers=kept)
+        convert_bert_to_distilbert(source_path, dest, layers=layers)
     except (ValueError, OSError) as exc:
         raise NlpkitError(f"cannot convert {source}: {exc}") from exc
     stderr.print(f"wrote a DistilBERT checkpoint to {dest}")

@@ -84,6 +84,27 @@ def bootstrap_option(function: Any) -> Any:
     )(function)
 
 
+def layer_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    """Option callback: ``0,2,4`` as ``[0, 2, 4]``."""
+    if value is None:
+        return None
+    try:
+        return [int(index) for index in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer numbers such as 0,2,4, got {value!r}") from None
+
+
+def key_values(_ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]) -> dict[str, str]:
+    """Option callback: repeated ``KEY=VALUE`` as a dict, checked before any work starts."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got '{item}'")
+        pairs[key] = value
+    return pairs
+
+
 class MomentParam(click.ParamType):
     """A point in time: ISO 8601 (``2026-11-21``, ``2026-11-21T08:00``, UTC unless an offset
     is given) or an age such as ``90s``, ``30m``, ``2h``, ``7d`` meaning that long ago."""

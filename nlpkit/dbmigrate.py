@@ -6,15 +6,18 @@ the ``nlpkit_migrations`` package so an installed nlpkit finds them too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
 import nlpkit_migrations
+from nlpkit.errors import NlpkitError
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -27,11 +30,18 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    command.upgrade(alembic_config(engine), revision)
+    _run(command.upgrade, engine, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    command.downgrade(alembic_config(engine), revision)
+    _run(command.downgrade, engine, revision)
+
+
+def _run(step: Callable[[Config, str], None], engine: Engine, revision: str) -> None:
+    try:
+        step(alembic_config(engine), revision)
+    except CommandError as exc:  # an unknown or ambiguous revision: the user's to fix
+        raise NlpkitError(f"{exc}; see `nlpkit db history`") from exc
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,14 +20,27 @@ Headers = dict[str, bytes]
 Outgoing = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers]
 
 
+# librdkafka's own log lines go through this logger instead of straight to stderr, so the CLI
+# decides what a person sees: a worker shows them, a one-shot command its own one-line error.
+CLIENT_LOG = logging.getLogger("nlpkit.kafka")
+
+
 def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for every nlpkit client: the configured pass-through properties
     (SASL, SSL, ...; see :func:`nlpkit.settings.kafka_settings`), then ``overrides``."""
     configured = {key: value for key, (value, _source) in settings.kafka_settings().items()}
-    return {"client.id": "nlpkit", **configured, "bootstrap.servers": bootstrap_servers, **overrides}
+    return {
+        "client.id": "nlpkit",
+        "logger": CLIENT_LOG,
+        **configured,
+        "bootstrap.servers": bootstrap_servers,
+        **overrides,
+    }
 
 
-def cluster_metadata(client: AdminClient | Consumer, bootstrap_servers: str, timeout: float = 10.0) -> ClusterMetadata:
+def cluster_metadata(
+    client: AdminClient | Consumer | Producer, bootstrap_servers: str, timeout: float = 10.0
+) -> ClusterMetadata:
     """The cluster's metadata, or one clear line when no broker answers (not librdkafka's retry noise)."""
     try:
         return client.list_topics(timeout=timeout)
@@ -109,6 +123,7 @@ def produce(
     ``(key, value, headers)``.
     """
     producer = Producer(client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides}))
+    cluster_metadata(producer, bootstrap_servers)  # no broker: say so now, not after a minute of retries
     failures: list[str] = []
 
     def on_delivery(error: KafkaError | None, _message: Any) -> None:

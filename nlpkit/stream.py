@@ -98,6 +98,9 @@ class Worker:
         self.metrics = metrics
         self.stats = WorkerStats()
         self._stopping = False
+        # Whether the broker has answered once; until then client errors are the startup
+        # failure itself, which run() reports as one clear error.
+        self.connected = False
         self._assigned: set[tuple[str, int]] = set()
         self._dead_letter_producer: Producer | None = None
 
@@ -132,6 +135,7 @@ class Worker:
         )
         try:
             self._check_topics(consumer)
+            self.connected = True
             consumer.subscribe(
                 list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
@@ -198,6 +202,23 @@ class Worker:
     # --- one batch -------------------------------------------------------------------
 
     def _process(self, consumer: Consumer, messages: list[Message]) -> None:
+        batch = self.process(messages)
+        self._publish_dead_letters(batch)
+        self._commit(consumer, batch.next_offsets)
+        if self.metrics:
+            self._observe(messages, batch)
+        self.stats.messages += len(messages)
+        self.stats.predictions += len(batch.predictions)
+        self.stats.dead_letters += len(batch.dead_letters)
+        self.stats.batches += 1
+
+    def process(self, messages: Sequence[Message]) -> _Batch:
+        """Decode, validate, predict and store one poll's messages in one transaction.
+
+        This is everything the worker does to messages short of Kafka itself (committing
+        offsets, copying dead letters to a topic), so ``nlpkit.testing.run_through_worker``
+        can put plugin tests through exactly this path with stand-in messages.
+        """
         batch = _Batch()
         routed: dict[str, list[tuple[Message, Record]]] = defaultdict(list)
         for message in messages:
@@ -219,14 +240,7 @@ class Worker:
                 else:
                     batch.predictions.append(self._prediction_row(task, message, record, outcome))
         self._store(batch)
-        self._publish_dead_letters(batch)
-        self._commit(consumer, batch.next_offsets)
-        if self.metrics:
-            self._observe(messages, batch)
-        self.stats.messages += len(messages)
-        self.stats.predictions += len(batch.predictions)
-        self.stats.dead_letters += len(batch.dead_letters)
-        self.stats.batches += 1
+        return batch
 
     def _observe(self, messages: list[Message], batch: _Batch) -> None:
         metrics = self.metrics

@@ -4,10 +4,12 @@ model's maximum and flagged when that cut something off, and text-level training
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nlpkit.modeling import LoadedModel
 from nlpkit.tasks import EncodedExample, Example, Window
+
+if TYPE_CHECKING:  # importing modeling loads torch and transformers: seconds that `nlpkit --help` must not pay
+    from nlpkit.modeling import LoadedModel
 
 
 def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[Window]]:

@@ -99,7 +99,8 @@ def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home
     assert "no model named 'tiny'" in nlpkit("models", "show", "tiny").stderr
 
 
-def test_unknown_task_is_a_one_line_error(nlpkit):
+def test_unknown_task_is_a_one_line_error(nlpkit, fresh_plugins, monkeypatch):
+    monkeypatch.setenv("NLPKIT_LOAD_PLUGINS", "nlpkit")  # the built-ins only, whatever else is installed
     result = nlpkit("predict", "nope", "text")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: unknown task 'nope'; known tasks: multilabel, ner, qa, sentiment"
@@ -157,3 +158,17 @@ def test_predict_multilabel_threshold_and_top_k(nlpkit, task_models):
     [output] = [json.loads(line) for line in result.stdout.splitlines()]
     assert set(output) == {"labels", "scores", "truncated"}
     assert len(output["labels"]) == 2 and set(output["scores"]) == {"joy", "anger", "fear"}
+
+
+def test_the_command_line_starts_without_loading_torch():
+    """Commands that do not run a model (help, plugins, status, db...) must answer at once;
+    importing torch and transformers alone takes seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nlpkit.cli import build_cli; build_cli(); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

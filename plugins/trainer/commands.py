@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nlpkit.clibase import CliState, pass_state
+from nlpkit.clibase import CliState, layer_list, pass_state
 
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 positive = click.IntRange(min=1)
@@ -91,19 +91,10 @@ def print_history(history: list[dict[str, Any]], title: str) -> None:
     Console(stderr=True).print(table)
 
 
-def _layers(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(index) for index in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated layer numbers such as 0,2,4, got {value!r}") from None
-
-
 @click.command()
 @click.option("--teacher", required=True, metavar="REF", help="Teacher model (directory or registered name).")
 @click.option("--task", help="Task-specific distillation for this task; without it, general (masked-LM) distillation.")
-@click.option("--student-layers", callback=_layers, metavar="0,2,4", help="Student = these teacher layers.")
+@click.option("--student-layers", callback=layer_list, metavar="0,2,4", help="Student = these teacher layers.")
 @click.option("--student", metavar="REF", help="Student = this checkpoint (same vocabulary and width as the teacher).")
 @click.option(
     "--data",
