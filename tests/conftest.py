@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models built on the fly, fresh databases, a clean plugin state."""
+"""Shared fixtures: tiny random models built on the fly, fresh databases, a clean plugin state.
+
+The Kafka broker and a migrated SQLite database come from ``nlpkit.pytest_plugin`` (entry point
+``pytest11``), so nlpkit's tests use the same fixtures as a plugin's tests.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit import dbmigrate, plugins
+from nlpkit import plugins
 from nlpkit.store import Database
 from nlpkit.testing import save_tiny_distilbert
 
@@ -36,12 +40,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def database(sqlite_url: str) -> Database:
-    """A migrated SQLite database."""
-    db = Database(sqlite_url)
-    dbmigrate.upgrade(db.engine)
-    yield db
-    db.dispose()
+def database(nlpkit_database: Database) -> Database:
+    """A migrated SQLite database: the ``nlpkit_database`` fixture plugin authors get (nlpkit.pytest_plugin)."""
+    return nlpkit_database
 
 
 @pytest.fixture

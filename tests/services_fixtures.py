@@ -1,9 +1,11 @@
-"""Real services for the test session: an Apache Kafka broker and a PostgreSQL server.
+"""A real PostgreSQL server for the test session.
 
-Loaded with ``pytest_plugins = ["services_fixtures"]`` (``tests`` on pythonpath). Each service
-starts once per session on free ports in a fresh directory. A service that cannot start
-makes the tests that need it fail with the reason and the service's log tail; they never
-skip, because a skipped integration suite looks green while testing nothing.
+Loaded with ``pytest_plugins = ["services_fixtures"]`` (``tests`` on pythonpath). The server
+starts once per session on a free port in a fresh directory. If it cannot start, the tests
+that need it fail with the reason and the server's log tail; they never skip, because a
+skipped integration suite looks green while testing nothing. The Kafka broker fixture,
+``kafka_broker``, comes from ``nlpkit.pytest_plugin``, the fixture plugin that plugin
+authors get too.
 """
 
 from __future__ import annotations
@@ -16,15 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
-
-
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A running single-node broker; tests use unique topic and group names to share it."""
-    with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker
 
 
 @pytest.fixture(scope="session")
