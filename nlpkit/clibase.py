@@ -48,15 +48,11 @@ class NlpkitGroup(click.Group):
             raise click.ClickException(one_line(exc)) from None
 
 
-# scheme://anything up to whitespace or a quote, not ending in the punctuation of the sentence around it.
-URL_IN_TEXT = re.compile(r"\b[\w+]+://[^\s'\"]*[^\s'\":,.;)]")
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as the single line the CLI prints."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from nlpkit.store import redact_url
+    from nlpkit.store import redact_urls_in
 
     if isinstance(exc, SQLAlchemyError):
         # The driver's own message, without SQLAlchemy's appended SQL and parameters.
@@ -66,7 +62,7 @@ def one_line(exc: BaseException) -> str:
         return f"{exc.filename}: {exc.strerror or exc}"
     message = str(exc)
     # A URL with a password must never reach a terminal or a log, whatever raised it.
-    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), message)
+    return redact_urls_in(message)
 
 
 def _debugging(ctx: click.Context) -> bool:

@@ -68,6 +68,11 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=self.registry,
         )
+        self.database_retries = Counter(
+            "nlpkit_database_retries",
+            "Batch writes retried while the database was unavailable.",
+            registry=self.registry,
+        )
         self.broker_up = False
         self._stats_seen = 0.0
 

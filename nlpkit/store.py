@@ -10,6 +10,7 @@ instead of duplicating: at-least-once delivery becomes an exactly-once effect.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nlpkit.errors import DatabaseNotReadyError, NlpkitError
+
+SQLITE_BUSY_TIMEOUT_S = 5
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -347,7 +350,9 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30})
+        # A writer waits this long for another's lock, then the worker's retry loop takes over:
+        # it keeps polling Kafka between attempts, which a longer wait inside SQLite would not.
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
@@ -364,6 +369,15 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# scheme://anything up to whitespace or a quote, not ending in the punctuation of the sentence around it.
+URL_IN_TEXT = re.compile(r"\b[\w+]+://[^\s'\"]*[^\s'\":,.;)]")
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with the password of every URL in it masked: for any message that may quote one."""
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def redact_url(url: str) -> str:

@@ -19,21 +19,24 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer, TopicPartition
 
+from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.kafkaio import client_config, cluster_metadata
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
 from nlpkit.monitoring import WorkerMetrics
-from nlpkit.store import Database, StoredBatch, utcnow
+from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
 from nlpkit.tasks import Prediction, Record
 
 log = logging.getLogger("nlpkit.worker")
+T = TypeVar("T")
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # librdkafka's default
 
 
 @dataclass
@@ -53,6 +56,10 @@ class WorkerConfig:
     max_messages: int | None = None
     dead_letter_topic: str | None = None
     consumer_config: dict[str, Any] = field(default_factory=dict)
+    # While the database is unavailable the batch is retried, waiting this long at first,
+    # doubling up to the maximum; the consumer keeps polling (paused) so it stays in the group.
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
 
 
 @dataclass
@@ -71,6 +78,11 @@ class _Batch:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     dead_messages: list[tuple[Message, str]] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    messages: dict[tuple[str, int, int], Message] = field(default_factory=dict)
+
+
+class _Abandoned(Exception):
+    """Asked to stop while the database was unavailable: the batch stays uncommitted, for redelivery."""
 
 
 class Worker:
@@ -101,6 +113,12 @@ class Worker:
         # Whether the broker has answered once; until then client errors are the startup
         # failure itself, which run() reports as one clear error.
         self.connected = False
+        self._consumer: Consumer | None = None
+        # Messages a keep-alive poll returned in the middle of a batch; they lead the next one.
+        self._carried: list[Message] = []
+        self._last_poll = time.monotonic()
+        poll_interval_ms = float(config.consumer_config.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS))
+        self._keep_alive_every = poll_interval_ms / 1000 / 4
         self._assigned: set[tuple[str, int]] = set()
         self._dead_letter_producer: Producer | None = None
 
@@ -133,6 +151,7 @@ class Worker:
                 },
             )
         )
+        self._consumer = consumer
         try:
             self._check_topics(consumer)
             self.connected = True
@@ -140,7 +159,10 @@ class Worker:
                 list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
             self._loop(consumer)
+        except _Abandoned:
+            log.warning("stopped while the database was unavailable; the last batch will be delivered again")
         finally:
+            self._consumer = None
             consumer.close()  # leaves the group at once, so partitions move without waiting for a timeout
             if self._dead_letter_producer is not None:
                 self._dead_letter_producer.flush(30)
@@ -157,8 +179,12 @@ class Worker:
     def _loop(self, consumer: Consumer) -> None:
         started, last_report = time.monotonic(), time.monotonic()
         while not self._stopping and not self._limit_reached():
-            messages = consumer.consume(num_messages=self._poll_size(), timeout=self.config.poll_timeout)
-            messages = [message for message in messages if self._usable(message)]
+            size = self._poll_size()
+            fresh = consumer.consume(num_messages=max(1, size - len(self._carried)), timeout=self.config.poll_timeout)
+            self._last_poll = time.monotonic()
+            candidates, self._carried = self._carried + fresh, []
+            self._carried = candidates[size:]
+            messages = [message for message in candidates[:size] if self._usable(message)]
             if messages:
                 self._process(consumer, messages)
             if time.monotonic() - last_report > 10:
@@ -223,6 +249,7 @@ class Worker:
         routed: dict[str, list[tuple[Message, Record]]] = defaultdict(list)
         for message in messages:
             key = (message.topic(), message.partition())
+            batch.messages[key + (message.offset(),)] = message
             batch.next_offsets[key] = max(batch.next_offsets.get(key, 0), message.offset() + 1)
             task, record_or_reason = self._route(message)
             if isinstance(record_or_reason, Rejected):
@@ -231,7 +258,7 @@ class Worker:
                 routed[task].append((message, record_or_reason))
         for task, items in routed.items():
             started = time.perf_counter()
-            outcomes = self.engines[task].run([record for _message, record in items])
+            outcomes = self.engines[task].run([record for _message, record in items], progress=self._keep_alive)
             if self.metrics:
                 self.metrics.inference_seconds.labels(task).observe(time.perf_counter() - started)
             for (message, record), outcome in zip(items, outcomes, strict=True):
@@ -315,7 +342,9 @@ class Worker:
         stored_at = utcnow()
         for row in (*batch.predictions, *batch.dead_letters):
             row["stored_at"] = stored_at
-        self.database.write_batch(batch.predictions, batch.dead_letters)
+        rejected = self._retrying(lambda: write_isolating(self.database, batch.predictions, batch.dead_letters))
+        if rejected:
+            self._turn_rejected_into_dead_letters(batch, rejected, stored_at)
         if self.hook is not None:
             stored = StoredBatch(
                 task=self.default_task,
@@ -328,6 +357,67 @@ class Worker:
                 self.hook.predictions_stored(batch=stored)
             except Exception:  # a plugin's bug must not stop the stream; the rows are already safe
                 log.exception("a predictions_stored hook failed")
+
+    def _turn_rejected_into_dead_letters(
+        self, batch: _Batch, rejected: list[tuple[dict[str, Any], str]], stored_at: dt.datetime
+    ) -> None:
+        refused = {id(row) for row, _reason in rejected}
+        batch.predictions = [row for row in batch.predictions if id(row) not in refused]
+        first_new = len(batch.dead_letters)
+        for row, reason in rejected:
+            message = batch.messages[(row["source_topic"], row["source_partition"], row["source_offset"])]
+            log.warning("%s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason)
+            self._dead(batch, message, row["task"], Rejected(reason, stage="store"))
+        new_letters = batch.dead_letters[first_new:]
+        for row in new_letters:
+            row["stored_at"] = stored_at
+        self._retrying(lambda: write_dead_letters(self.database, new_letters))
+
+    def _retrying(self, write: Callable[[], T]) -> T:
+        """Run a database write until it succeeds, waiting out outages with exponential backoff.
+
+        Rejected data is not an outage and propagates at once (``write`` isolates it). A stop
+        requested during an outage abandons the batch: it was never stored, so its offsets
+        are never committed and Kafka delivers it again.
+        """
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                if self._stopping:
+                    raise _Abandoned from exc
+                log.warning("database unavailable (%s); retrying in %.1f s", _first_line(exc), delay)
+                if self.metrics:
+                    self.metrics.database_retries.inc()
+                self._keep_alive(wait=delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    def _keep_alive(self, _progress: float = 0.0, wait: float = 0.0) -> None:
+        """Poll with every partition paused, so a long batch or a database outage never exceeds
+        ``max.poll.interval.ms`` and costs the worker its group membership (and the group a
+        rebalance). Without ``wait`` it only polls when a quarter of that interval has passed.
+        Anything a poll still returns is kept for the next batch, never dropped."""
+        consumer = self._consumer
+        if consumer is None:  # processing without Kafka (nlpkit.harness)
+            time.sleep(wait)
+            return
+        if not wait and time.monotonic() - self._last_poll < self._keep_alive_every:
+            return
+        deadline = time.monotonic() + wait
+        consumer.pause(consumer.assignment())
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                polled = consumer.consume(num_messages=self.config.batch_size, timeout=max(0.0, min(remaining, 1.0)))
+                self._carried += polled
+                self._last_poll = time.monotonic()
+                if remaining <= 0:
+                    break
+        finally:
+            consumer.resume(consumer.assignment())
 
     def _publish_dead_letters(self, batch: _Batch) -> None:
         """Copy dead letters to the dead-letter topic (raw value and key, reason in headers)."""
@@ -366,6 +456,10 @@ class Worker:
             # Typically a rebalance got there first. The rows are stored and keyed by offset,
             # so whoever re-reads these messages overwrites the same rows.
             log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact_urls_in(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
 
 
 def _timestamp(message: Message) -> dt.datetime | None:

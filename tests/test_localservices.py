@@ -157,3 +157,16 @@ def test_fresh_databases_are_empty_usable_and_separate(postgres_server: Postgres
     finally:
         other.dispose()
         postgres_server.drop_database(other_name)
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path, monkeypatch) -> None:
+    """One random cluster id in 64 begins with "-"; passed as a separate word, kafka-storage's
+    argument parser took it for an option and the broker never started (seen in a test run)."""
+    from nlpkit.localservices import kafka
+
+    monkeypatch.setattr(kafka, "_cluster_id", lambda: "-" + "A" * 21)
+    broker = KafkaBroker(tmp_path / "dash")
+    broker.data_dir.mkdir(parents=True)
+    broker._write_properties()
+    broker._format(kafka.ensure_kafka_jars())
+    assert "cluster.id=-AAAAAAAAAAAAAAAAAAAAA" in (tmp_path / "dash" / "kraft-logs" / "meta.properties").read_text()

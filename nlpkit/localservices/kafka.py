@@ -324,7 +324,13 @@ class KafkaBroker:
     def _format(self, libs: Path) -> None:
         """Static-quorum storage format (no --standalone, matching controller.quorum.voters)."""
         command = self._java_command(
-            libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self._properties_file)
+            # "--cluster-id=ID" in one word: a random id may begin with "-", which argparse would take for an option.
+            libs,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={_cluster_id()}",
+            "-c",
+            str(self._properties_file),
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
