@@ -34,7 +34,22 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             else:
                 raise DataFormatError(f"{path}: unknown format '{suffix}'; use .jsonl, .tsv or .csv")
         except UnicodeDecodeError as exc:
-            raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+            raise _not_utf8(path, exc) from exc
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataFormatError:
+    """The error for a file that is not UTF-8, naming the first bad line.
+
+    The text decoder reads in chunks, so its error knows a position in a chunk, not in the
+    file: find the line again by decoding the raw lines (no UTF-8 sequence contains a newline).
+    """
+    with path.open("rb") as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataFormatError(f"{path}:{number}: not UTF-8 text ({bad.reason} at byte {bad.start + 1})")
+    return DataFormatError(f"{path}: not UTF-8 text ({exc.reason})")
 
 
 def _json_rows(path: Path, handle: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -45,6 +60,10 @@ def _json_rows(path: Path, handle: TextIO) -> Iterator[tuple[int, dict[str, Any]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise DataFormatError(f"{path}:{number}: invalid JSON: nested too deeply") from exc
+        except ValueError as exc:  # an integer over Python's 4,300-digit limit
+            raise DataFormatError(f"{path}:{number}: invalid JSON: {str(exc).split(';')[0]}") from exc
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
@@ -54,13 +73,17 @@ def _delimited_rows(path: Path, handle: TextIO, delimiter: str) -> Iterator[tupl
     # GLUE-style TSVs contain bare quote characters inside sentences: never treat quotes specially there.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-    if not reader.fieldnames:
-        raise DataFormatError(f"{path}: empty file, expected a header line")
-    for row in reader:
-        number = reader.line_num
-        if None in row or any(value is None for value in row.values()):
-            raise DataFormatError(f"{path}:{number}: expected {len(reader.fieldnames)} columns")
-        yield number, {key.strip(): value for key, value in row.items()}
+    try:
+        if not reader.fieldnames:
+            raise DataFormatError(f"{path}: empty file, expected a header line")
+        for row in reader:
+            number = reader.line_num
+            if None in row or any(value is None for value in row.values()):
+                raise DataFormatError(f"{path}:{number}: expected {len(reader.fieldnames)} columns")
+            yield number, {key.strip(): value for key, value in row.items()}
+    except csv.Error as exc:  # say, a field over csv.field_size_limit() (128 KiB)
+        # DictReader.line_num only moves on after a good row; its reader's counts the line that failed.
+        raise DataFormatError(f"{path}:{reader.reader.line_num}: {exc}") from exc
 
 
 def text_field(row: dict[str, Any], where: str) -> str:
@@ -80,7 +103,7 @@ def parse_input_line(line: str) -> dict[str, Any]:
     if stripped.startswith("{"):
         try:
             value = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON after all (or nested or numbered beyond Python's limits)
             return {"text": line.rstrip("\r\n")}
         if isinstance(value, dict):
             return value
@@ -94,10 +117,16 @@ def input_lines(path: str | None, texts: Iterable[str] = ()) -> Iterator[dict[st
         yield from ({"text": text} for text in texts)
         return
     handle = sys.stdin if path in (None, "-") else open(path, encoding="utf-8")  # noqa: SIM115
+    lines_read = 0
     try:
         for line in handle:
+            lines_read += 1
             if line.strip():
                 yield parse_input_line(line)
+    except UnicodeDecodeError as exc:
+        if handle is sys.stdin:
+            raise DataFormatError(f"standard input: not UTF-8 text ({exc.reason}) after line {lines_read}") from exc
+        raise _not_utf8(Path(path), exc) from exc
     finally:
         if handle is not sys.stdin:
             handle.close()

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME
 from sqlalchemy import select
 
 from nlpkit import dbmigrate
 from nlpkit.engine import Engine
-from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES
+from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, StandInMessage
 from nlpkit.pipelines import ModelRegistry, load_task
 from nlpkit.plugins import load_plugins
 from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow
@@ -36,39 +35,6 @@ from nlpkit.stream import Worker, WorkerConfig
 Value = Mapping[str, Any] | str | bytes | None
 Key = str | bytes | None
 SentMessage = Value | tuple[Key, Value]
-
-
-@dataclass(frozen=True)
-class StandInMessage:
-    """The parts of a ``confluent_kafka.Message`` the worker reads, for messages no broker delivered."""
-
-    topic_name: str
-    partition_number: int
-    offset_number: int
-    key_bytes: bytes | None
-    value_bytes: bytes | None
-    timestamp_ms: int
-
-    def topic(self) -> str:
-        return self.topic_name
-
-    def partition(self) -> int:
-        return self.partition_number
-
-    def offset(self) -> int:
-        return self.offset_number
-
-    def key(self) -> bytes | None:
-        return self.key_bytes
-
-    def value(self) -> bytes | None:
-        return self.value_bytes
-
-    def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, self.timestamp_ms
-
-    def error(self) -> None:
-        return None
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,8 @@ def dead_letters_show(state: CliState, letter_id: int, shown_bytes: int, as_json
 @_dead_letter_filters
 @click.option("--all", "replay_all", is_flag=True, help="Every dead letter matching the filters (not yet replayed).")
 @click.option("--to-topic", metavar="TOPIC", help="Send to TOPIC instead of each message's own topic.")
+@click.option("--direct", is_flag=True, help="Process them here and now instead of re-sending them to Kafka.")
+@click.option("--model", help="With --direct: the model to use [newest registered for the task].")
 @click.option("--again", is_flag=True, help="Include dead letters that were replayed before.")
 @click.option("--dry-run", is_flag=True, help="List what would be replayed and stop.")
 @bootstrap_option
@@ -184,6 +186,8 @@ def dead_letters_replay(
     ids: tuple[int, ...],
     replay_all: bool,
     to_topic: str | None,
+    direct: bool,
+    model: str | None,
     again: bool,
     dry_run: bool,
     bootstrap_servers: str | None,
@@ -193,6 +197,8 @@ def dead_letters_replay(
 
     The raw key and value go out unchanged, with an ``nlpkit.replay-of`` header naming
     the original topic/partition/offset; the workers then process them as new messages.
+    With --direct they are processed here instead, their predictions stored under their
+    original offsets; those that fail again stay dead letters, with the new reason.
     """
     from nlpkit.queries import DeadLetterFilter
     from nlpkit.queries import dead_letters as read
@@ -210,8 +216,25 @@ def dead_letters_replay(
             click.echo(f"{letter.id}\t{_source(letter)}\t{letter.reason}")
         stderr.print(f"{len(letters)} dead letter(s) would be replayed" if dry_run else "nothing to replay")
         return
+    if direct:
+        outcome = _replay_directly(database, letters, model)
+        stderr.print(f"replayed {len(letters)}: {outcome.stored} stored, {outcome.still_dead} still dead letters")
+        return
     sent = resend(database, letters, settings.get("bootstrap_servers", bootstrap_servers), topic=to_topic)
     stderr.print(f"replayed {sent} dead letter(s)" + (f" to '{to_topic}'" if to_topic else " to their topics"))
+
+
+def _replay_directly(database: Any, letters: list[Any], model: str | None) -> Any:
+    from nlpkit.engine import Engine
+    from nlpkit.pipelines import ModelRegistry, load_task
+    from nlpkit.replay import process_directly
+
+    tasks = sorted({letter.task for letter in letters})
+    if model and len(tasks) > 1:
+        raise NlpkitError(f"these dead letters span several tasks ({', '.join(tasks)}); pick one with --task")
+    registry = ModelRegistry(database)
+    engines = {task: Engine(load_task(task, model, registry=registry)) for task in tasks}
+    return process_directly(database, letters, engines)
 
 
 def _one_letter(state: CliState, letter_id: int) -> Any:

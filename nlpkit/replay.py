@@ -9,12 +9,19 @@ Either way the dead letter stays, stamped ``replayed_at``, as the record of what
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nlpkit.kafkaio import produce
+from nlpkit.messages import StandInMessage
 from nlpkit.queries import mark_replayed
 from nlpkit.store import Database, DeadLetterRow
+
+if TYPE_CHECKING:
+    from nlpkit.engine import Engine
 
 REPLAY_HEADER = "nlpkit.replay-of"
 
@@ -40,3 +47,38 @@ def resend(
 
 def _origin(letter: DeadLetterRow) -> bytes:
     return f"{letter.source_topic}/{letter.source_partition}/{letter.source_offset}".encode()
+
+
+@dataclass(frozen=True)
+class DirectReplay:
+    stored: int
+    still_dead: int
+
+
+def process_directly(
+    database: Database, letters: Sequence[DeadLetterRow], engines: Mapping[str, Engine]
+) -> DirectReplay:
+    """Run dead letters through the worker's own processing now, as if Kafka had just delivered them.
+
+    A message that now succeeds gets its prediction under its original (topic, partition,
+    offset) and its dead letter is marked replayed; one that fails again keeps (or updates)
+    its dead letter, with the new reason, unmarked.
+    """
+    from nlpkit.stream import Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(topics=(), group="nlpkit-replay", bootstrap_servers=""), engines, database)
+    batch = worker.process([_as_message(letter) for letter in letters])
+    fixed = {(row["source_topic"], row["source_partition"], row["source_offset"]) for row in batch.predictions}
+    mark_replayed(database, [letter.id for letter in letters if _key(letter) in fixed])
+    return DirectReplay(stored=len(batch.predictions), still_dead=len(batch.dead_letters))
+
+
+def _key(letter: DeadLetterRow) -> tuple[str, int, int]:
+    return letter.source_topic, letter.source_partition, letter.source_offset
+
+
+def _as_message(letter: DeadLetterRow) -> StandInMessage:
+    moment = letter.message_timestamp or letter.stored_at
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite returns UTC without an offset
+    millis = int(moment.timestamp() * 1000)
+    return StandInMessage(*_key(letter), letter.source_key, letter.raw_value, millis)

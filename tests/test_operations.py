@@ -172,3 +172,34 @@ def test_results_filters_and_exports_match_the_database(consumed, tmp_path):
     assert nlpkit("results", "--model", "no-such-model", "--count").stdout.strip() == "0"
     bad_time = CliRunner().invoke(build_cli(), ["results", "--since", "yesterday-ish"])
     assert bad_time.exit_code == 2 and "neither an ISO date/time nor an age" in bad_time.stderr
+
+
+def test_dead_letters_replayed_directly_are_stored_under_their_original_offsets(consumed, sentiment_model_dir):
+    """A message that failed for a reason since fixed becomes a prediction in place; truly bad ones stay dead."""
+    from nlpkit.store import utcnow
+
+    database, topic = consumed["database"], consumed["topic"]
+    recovered = {
+        "task": "sentiment",
+        "source_topic": topic,
+        "source_partition": 0,
+        "source_offset": 10_000,
+        "source_key": b"late",
+        "raw_value": b'{"id": "late", "text": "a fine film after all"}',
+        "reason": "model failed: out of memory",
+        "stage": "model",
+        "message_timestamp": utcnow(),
+        "stored_at": utcnow(),
+        "replayed_at": None,
+    }
+    database.write_batch([], [recovered])
+    result = nlpkit("dead-letters", "replay", "--all", "--direct", "--model", str(sentiment_model_dir))
+    assert result.exit_code == 0, result.output
+    assert f"replayed {len(BAD) + 1}: 1 stored, {len(BAD)} still dead letters" in result.stderr
+    with database.session() as session:
+        row = session.query(PredictionRow).filter_by(record_id="late").one()
+        letters = {letter.source_offset: letter for letter in session.query(DeadLetterRow)}
+    assert (row.source_topic, row.source_partition, row.source_offset) == (topic, 0, 10_000)
+    assert row.input_text == "a fine film after all"
+    assert letters[10_000].replayed_at is not None
+    assert [letter.replayed_at for offset, letter in letters.items() if offset != 10_000] == [None] * len(BAD)
