@@ -37,7 +37,10 @@ def is_rejection(exc: BaseException) -> bool:
         return False
     if isinstance(exc, DataError | IntegrityError):
         return True
-    # A value the driver cannot even send (say, text it cannot encode) fails before any SQL runs.
+    # A value the driver cannot even send fails before any SQL runs: sqlite3 and psycopg raise
+    # UnicodeEncodeError from executemany (SQLAlchemy passes it on unwrapped), others a StatementError.
+    if isinstance(exc, UnicodeError):
+        return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
