@@ -253,7 +253,7 @@ def test_a_worker_stopped_during_an_outage_commits_nothing_it_did_not_store(
 ):
     bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("stop-outage"), unique("group")
     create_topic(bootstrap, topic, partitions=1)
-    produce(bootstrap, topic, reviews(300))
+    produce(bootstrap, topic, reviews(5000))  # far more than it can store before the outage begins
     database = migrated(own_postgres.url)
     worker = start_worker(bootstrap, topic, group, own_postgres.url, sentiment_model_dir, "--batch-size", "20")
     wait_for(lambda: rows_and_ids(database)[0] >= 40, 120, "the first rows", worker)
