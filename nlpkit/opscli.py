@@ -56,11 +56,11 @@ def status(
 
     def database_part() -> dict[str, Any]:
         database = state.database()
-        return {"url": redact_url(database.url), "tasks": counts_by_task(database), "models": database.list_models()}
+        models = [entry.as_dict() for entry in database.list_models()]
+        return {"url": redact_url(database.url), "tasks": counts_by_task(database), "models": models}
 
     gather("database", database_part)
-    models = report["database"].pop("models", []) if "error" not in report["database"] else []
-    report["models"] = [entry.as_dict() for entry in models]
+    report["models"] = report["database"].pop("models", [])  # a top-level part of its own; none if unreadable
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -286,7 +286,9 @@ def _hexdump(data: bytes, width: int = 16) -> str:
 def _iso(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).isoformat()
+    from nlpkit.store import as_utc
+
+    return as_utc(moment).isoformat()
 
 
 # --- results ------------------------------------------------------------------------------------

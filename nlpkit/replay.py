@@ -9,7 +9,6 @@ Either way the dead letter stays, stamped ``replayed_at``, as the record of what
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from nlpkit.kafkaio import produce
 from nlpkit.messages import StandInMessage
 from nlpkit.queries import mark_replayed
-from nlpkit.store import Database, DeadLetterRow
+from nlpkit.store import Database, DeadLetterRow, as_utc
 
 if TYPE_CHECKING:
     from nlpkit.engine import Engine
@@ -78,7 +77,5 @@ def _key(letter: DeadLetterRow) -> tuple[str, int, int]:
 
 
 def _as_message(letter: DeadLetterRow) -> StandInMessage:
-    moment = letter.message_timestamp or letter.stored_at
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite returns UTC without an offset
-    millis = int(moment.timestamp() * 1000)
+    millis = int(as_utc(letter.message_timestamp or letter.stored_at).timestamp() * 1000)
     return StandInMessage(*_key(letter), letter.source_key, letter.raw_value, millis)

@@ -315,7 +315,7 @@ class Database:
             run.status = status
             run.error = error
             run.finished_at = utcnow()
-            run.duration_s = (run.finished_at - _aware(run.started_at)).total_seconds()
+            run.duration_s = (run.finished_at - as_utc(run.started_at)).total_seconds()
 
     def count(self, row_class: type[Base], **filters: Any) -> int:
         query = select(func.count()).select_from(row_class)
@@ -400,6 +400,6 @@ def _entry(row: ModelRow) -> ModelEntry:
     )
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
+def as_utc(moment: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; nlpkit only ever stores UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -182,7 +182,7 @@ class Worker:
             size = self._poll_size()
             fresh = consumer.consume(num_messages=max(1, size - len(self._carried)), timeout=self.config.poll_timeout)
             self._last_poll = time.monotonic()
-            candidates, self._carried = self._carried + fresh, []
+            candidates = self._carried + fresh
             self._carried = candidates[size:]
             messages = [message for message in candidates[:size] if self._usable(message)]
             if messages:

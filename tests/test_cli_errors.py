@@ -151,7 +151,7 @@ def ids(cases: list[tuple]) -> list[str]:
 
 
 @pytest.mark.parametrize("case_id, arguments, expected", BAD_ARGUMENTS, ids=ids(BAD_ARGUMENTS))
-def test_a_bad_argument_is_one_line(outcomes, setting, case_id, arguments, expected):
+def test_a_bad_argument_is_one_line(outcomes, case_id, arguments, expected):
     assert expected in error_line(outcomes["bad", case_id])
 
 

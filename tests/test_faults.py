@@ -9,20 +9,16 @@ them mid-test; the session's shared services stay untouched for the other tests.
 from __future__ import annotations
 
 import json
-import os
-import signal
+import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from workers import migrated, start_worker, stop, unique, wait_for
 
-from nlpkit import dbmigrate
 from nlpkit.engine import Engine
 from nlpkit.harness import run_through_worker
 from nlpkit.kafkaio import create_topic, produce
@@ -41,18 +37,8 @@ pytestmark = pytest.mark.integration
 TIGHT_GROUP = ["-X", "session.timeout.ms=6000", "-X", "max.poll.interval.ms=12000"]
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def reviews(count: int) -> list[tuple[bytes, bytes]]:
     return [(f"r{i}".encode(), json.dumps({"id": f"r{i}", "text": f"review {i}: fine"}).encode()) for i in range(count)]
-
-
-def migrated(url: str) -> Database:
-    database = Database(url)
-    dbmigrate.upgrade(database.engine)
-    return database
 
 
 def rows_and_ids(database: Database) -> tuple[int, int]:
@@ -61,39 +47,6 @@ def rows_and_ids(database: Database) -> tuple[int, int]:
         rows = session.scalar(select(func.count()).select_from(PredictionRow))
         distinct = session.scalar(select(func.count(func.distinct(PredictionRow.record_id))))
     return int(rows), int(distinct)
-
-
-def start_worker(bootstrap: str, topic: str, group: str, url: str, model: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "nlpkit", "--database-url", url, "consume", "--topic", topic, "--task"]
-    command += ["sentiment", "--group", group, "--bootstrap-servers", bootstrap, "--model", str(model), *extra]
-    return subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "NLPKIT_THREADS": "1"},
-    )
-
-
-def wait_for(condition, timeout: float, what: str, worker: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: BLE001 - the service under test may be down right now
-            pass
-        if worker is not None and worker.poll() is not None:
-            pytest.fail(f"the worker exited while waiting for {what}:\n{worker.stdout.read()}")
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def stop_worker(worker: subprocess.Popen) -> str:
-    worker.send_signal(signal.SIGTERM)
-    output, _ = worker.communicate(timeout=60)
-    assert worker.returncode == 0, output
-    return output
 
 
 def total_committed(bootstrap: str, group: str, topic: str) -> int:
@@ -107,15 +60,15 @@ def test_the_worker_rides_out_a_broker_restart(tmp_path, sentiment_model_dir):
         create_topic(bootstrap, topic, partitions=3)
         produce(bootstrap, topic, reviews(5000))
         database = migrated(f"sqlite:///{tmp_path / 'restart.db'}")
-        worker = start_worker(bootstrap, topic, group, database.url, sentiment_model_dir, "--batch-size", "100")
-        wait_for(lambda: rows_and_ids(database)[0] >= 500, 120, "the first rows", worker)
+        worker = start_worker(topic, group, bootstrap, database.url, sentiment_model_dir, "--batch-size", "100")
+        wait_for(lambda: rows_and_ids(database)[0] >= 500, 120, "the first rows", [worker])
         broker.stop()
         time.sleep(5)
         assert worker.poll() is None, "the worker gave up while the broker was down"
         broker.start()
-        wait_for(lambda: rows_and_ids(database)[0] >= 5000, 240, "every message stored", worker)
-        wait_for(lambda: total_committed(bootstrap, group, topic) == 5000, 60, "offsets committed", worker)
-        stop_worker(worker)
+        wait_for(lambda: rows_and_ids(database)[0] >= 5000, 240, "every message stored", [worker])
+        wait_for(lambda: total_committed(bootstrap, group, topic) == 5000, 60, "offsets committed", [worker])
+        stop(worker)
         assert rows_and_ids(database) == (5000, 5000)
         assert database.count(DeadLetterRow) == 0
     finally:
@@ -131,7 +84,7 @@ def own_postgres():
         yield server
     finally:
         server.stop()
-        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def revocations(output: str) -> int:
@@ -147,8 +100,8 @@ def test_a_postgresql_outage_is_retried_without_committing_or_leaving_the_group(
     produce(bootstrap, topic, reviews(2000))
     database = migrated(own_postgres.url)
     extra = ["--batch-size", "50", *TIGHT_GROUP]
-    worker = start_worker(bootstrap, topic, group, own_postgres.url, sentiment_model_dir, *extra)
-    wait_for(lambda: rows_and_ids(database)[0] >= 200, 120, "the first rows", worker)
+    worker = start_worker(topic, group, bootstrap, own_postgres.url, sentiment_model_dir, *extra)
+    wait_for(lambda: rows_and_ids(database)[0] >= 200, 120, "the first rows", [worker])
     database.dispose()
     own_postgres.stop()
     committed_at_outage = total_committed(bootstrap, group, topic)
@@ -156,9 +109,9 @@ def test_a_postgresql_outage_is_retried_without_committing_or_leaving_the_group(
     assert worker.poll() is None, "the worker gave up while the database was down"
     assert total_committed(bootstrap, group, topic) <= committed_at_outage + 50, "offsets moved with no database"
     own_postgres.start()
-    wait_for(lambda: rows_and_ids(database)[0] >= 2000, 180, "every message stored", worker)
-    wait_for(lambda: total_committed(bootstrap, group, topic) == 2000, 60, "offsets committed", worker)
-    output = stop_worker(worker)
+    wait_for(lambda: rows_and_ids(database)[0] >= 2000, 180, "every message stored", [worker])
+    wait_for(lambda: total_committed(bootstrap, group, topic) == 2000, 60, "offsets committed", [worker])
+    output = stop(worker)
     assert "database unavailable" in output
     assert revocations(output) == 0, output  # never thrown out of the group
     assert rows_and_ids(database) == (2000, 2000)
@@ -172,8 +125,8 @@ def test_a_locked_sqlite_database_is_waited_out_without_leaving_the_group(kafka_
     path = tmp_path / "locked.db"
     database = migrated(f"sqlite:///{path}")
     extra = ["--batch-size", "50", *TIGHT_GROUP]
-    worker = start_worker(bootstrap, topic, group, database.url, sentiment_model_dir, *extra)
-    wait_for(lambda: rows_and_ids(database)[0] >= 200, 120, "the first rows", worker)
+    worker = start_worker(topic, group, bootstrap, database.url, sentiment_model_dir, *extra)
+    wait_for(lambda: rows_and_ids(database)[0] >= 200, 120, "the first rows", [worker])
     blocker = sqlite3.connect(path, timeout=30)
     blocker.execute("BEGIN EXCLUSIVE")
     committed_while_locked = total_committed(bootstrap, group, topic)
@@ -182,8 +135,8 @@ def test_a_locked_sqlite_database_is_waited_out_without_leaving_the_group(kafka_
     blocker.rollback()
     blocker.close()
     assert stuck <= committed_while_locked + 50, "offsets moved while nothing could be stored"
-    wait_for(lambda: rows_and_ids(database)[0] >= 1500, 180, "every message stored", worker)
-    output = stop_worker(worker)
+    wait_for(lambda: rows_and_ids(database)[0] >= 1500, 180, "every message stored", [worker])
+    output = stop(worker)
     assert "database unavailable" in output and "database is locked" in output
     assert revocations(output) == 0, output  # never thrown out of the group
     assert rows_and_ids(database) == (1500, 1500)
@@ -255,12 +208,12 @@ def test_a_worker_stopped_during_an_outage_commits_nothing_it_did_not_store(
     create_topic(bootstrap, topic, partitions=1)
     produce(bootstrap, topic, reviews(5000))  # far more than it can store before the outage begins
     database = migrated(own_postgres.url)
-    worker = start_worker(bootstrap, topic, group, own_postgres.url, sentiment_model_dir, "--batch-size", "20")
-    wait_for(lambda: rows_and_ids(database)[0] >= 40, 120, "the first rows", worker)
+    worker = start_worker(topic, group, bootstrap, own_postgres.url, sentiment_model_dir, "--batch-size", "20")
+    wait_for(lambda: rows_and_ids(database)[0] >= 40, 120, "the first rows", [worker])
     database.dispose()
     own_postgres.stop()
     time.sleep(3)
-    output = stop_worker(worker)
+    output = stop(worker)
     assert "will be delivered again" in output
     committed = total_committed(bootstrap, group, topic)
     own_postgres.start()

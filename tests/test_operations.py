@@ -6,11 +6,11 @@ import base64
 import csv
 import json
 import stat
-import uuid
 
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer
+from workers import unique
 
 from nlpkit import dbmigrate
 from nlpkit.cli import build_cli
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.integration
 
 GOOD = 30
 BAD = [b"\xff\xfe not utf-8", b'{"id": "x", "text": 7}', b'{"text": "unterminated']
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,21 +8,16 @@ true when a worker is killed mid-stream or two workers share the partitions.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-import uuid
-from pathlib import Path
 
 import pluggy
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import func, select
+from workers import migrated, start_worker, stop, unique, wait_for
 
-from nlpkit import dbmigrate, hookimpl, hookspecs
+from nlpkit import hookimpl, hookspecs
 from nlpkit.engine import Engine
 from nlpkit.kafkaio import create_topic, produce
 from nlpkit.modeling import load_model
@@ -48,10 +43,6 @@ MALFORMED = [
 ]
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def good_message(index: int) -> tuple[bytes, bytes]:
     if index % 3 == 0:  # plain text, id from the key
         return f"good-{index}".encode(), f"plain review number {index}, quite good".encode()
@@ -70,12 +61,6 @@ def mixed_messages(total: int) -> tuple[list[tuple[bytes | None, bytes | None]],
         else:
             messages.append(good_message(index))
     return messages, bad
-
-
-def migrated(url: str) -> Database:
-    database = Database(url)
-    dbmigrate.upgrade(database.engine)
-    return database
 
 
 def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int], list[int]]:
@@ -167,46 +152,6 @@ def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
 # --- worker processes -----------------------------------------------------------------------------
 
 
-def start_worker(topic: str, group: str, bootstrap: str, url: str, model: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nlpkit",
-            "--database-url",
-            url,
-            "consume",
-            "--topic",
-            topic,
-            "--task",
-            "sentiment",
-            "--group",
-            group,
-            "--bootstrap-servers",
-            bootstrap,
-            "--model",
-            str(model),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "NLPKIT_THREADS": "1"},
-    )
-
-
-def wait_for(condition, timeout: float, what: str, processes=()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for process in processes:
-            if process.poll() is not None:
-                pytest.fail(f"worker exited early while waiting for {what}:\n{process.stdout.read()}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
 def stored(database: Database) -> int:
     with database.session() as session:
         return int(session.scalar(select(func.count()).select_from(PredictionRow)))
@@ -215,13 +160,6 @@ def stored(database: Database) -> int:
 def distinct_offsets(database: Database) -> set[tuple[int, int]]:
     with database.session() as session:
         return set(session.execute(select(PredictionRow.source_partition, PredictionRow.source_offset)).all())
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output
-    return output
 
 
 def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(kafka_broker, tmp_path, sentiment_model_dir):
