@@ -29,6 +29,7 @@ from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.kafkaio import client_config, cluster_metadata
+from nlpkit.memory import trim_heap
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
 from nlpkit.monitoring import WorkerMetrics
 from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
@@ -237,6 +238,7 @@ class Worker:
         self.stats.predictions += len(batch.predictions)
         self.stats.dead_letters += len(batch.dead_letters)
         self.stats.batches += 1
+        trim_heap()  # without it, malloc fragmentation grows RSS batch after batch (nlpkit.memory)
 
     def process(self, messages: Sequence[Message]) -> _Batch:
         """Decode, validate, predict and store one poll's messages in one transaction.
