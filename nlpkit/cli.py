@@ -21,6 +21,7 @@ from rich.table import Table
 from nlpkit import __version__, settings
 from nlpkit.clibase import CliState, NlpkitGroup, bootstrap_option, key_values, layer_list, pass_state
 from nlpkit.errors import NlpkitError
+from nlpkit.files import forbid_shared_write
 from nlpkit.localservices.commands import services
 from nlpkit.opscli import COMMANDS as OPERATIONS_COMMANDS
 
@@ -34,6 +35,7 @@ stderr = Console(stderr=True)
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     """nlpkit: DistilBERT task plugins fed from Kafka, stored in SQL."""
+    forbid_shared_write()  # before any command creates a file
     ctx.obj = CliState(database_url=database_url, debug=debug)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A command that cannot reach Kafka says so in one line; librdkafka's retries are noise then.

@@ -1,4 +1,5 @@
-"""Files the CLI writes for people: exports, reports. None of them world-writable, whatever the umask."""
+"""Files the CLI writes: exports, reports, models, checkpoints, databases. None of them writable by group or
+world, whatever the umask."""
 
 from __future__ import annotations
 
@@ -11,7 +12,21 @@ from typing import TextIO
 
 # Owner reads and writes, everyone else may read; group and world never write.
 FILE_MODE = 0o644
-NO_SHARED_WRITE = ~0o022
+SHARED_WRITE = 0o022
+NO_SHARED_WRITE = ~SHARED_WRITE
+
+
+def forbid_shared_write() -> None:
+    """Add group and world write to the process umask, keeping whatever else it already masks.
+
+    Why: the CLI creates files and directories in many places, much of it inside libraries
+    (transformers' ``save_pretrained``, safetensors, torch, SQLite), all with the default
+    modes 0o666 and 0o777 that only the umask narrows. Under a permissive umask (0o000 in
+    some containers and CI runners) other accounts could then swap a trained model or edit
+    a checkpoint. The umask is the one place that covers every such file, including those
+    added later; a stricter umask the user set (0o077, say) stays as it is.
+    """
+    os.umask(os.umask(0) | SHARED_WRITE)
 
 
 @contextmanager
