@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from nlpkit.monitoring import MonitoringServer, WorkerMetrics
@@ -24,6 +25,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def listening_on(pid: int, port: int) -> list[str]:
+    """The addresses process ``pid`` listens on at ``port``, as the kernel's socket table has them."""
+    connections = psutil.Process(pid).net_connections(kind="inet")
+    return sorted(c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -90,6 +97,7 @@ def test_a_running_worker_serves_metrics_and_health(kafka_broker, tmp_path, sent
         time.sleep(6)  # one librdkafka statistics interval, so lag and broker state are fresh
         status, health = get(f"{base}/healthz")
         assert (status, json.loads(health)) == (200, {"model_loaded": True, "database": True, "broker": True})
+        assert listening_on(worker.pid, port) == ["127.0.0.1"]  # nothing configured: loopback only
         _, text = get(f"{base}/metrics")
         assert metric(text, "nlpkit_messages_consumed_total", topic=topic) == 301
         assert metric(text, "nlpkit_predictions_stored_total", task="sentiment") == 300
@@ -104,3 +112,25 @@ def test_a_running_worker_serves_metrics_and_health(kafka_broker, tmp_path, sent
         worker.communicate(timeout=60)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{base}/healthz", timeout=2)  # the server went away with the worker
+
+
+@pytest.mark.integration
+def test_the_metrics_host_setting_moves_the_server_off_loopback(
+    kafka_broker, tmp_path, sentiment_model_dir, monkeypatch
+):
+    from workers import migrated, start_worker, stop, unique, wait_for
+
+    from nlpkit.kafkaio import create_topic
+
+    bootstrap, topic = kafka_broker.bootstrap_servers, unique("metrics-host")
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    migrated(url).dispose()
+    create_topic(bootstrap, topic, partitions=1)
+    monkeypatch.setenv("NLPKIT_METRICS_HOST", "0.0.0.0")  # the worker's environment is a copy of this one
+    port = free_port()
+    worker = start_worker(topic, unique("group"), bootstrap, url, sentiment_model_dir, "--metrics-port", str(port))
+    try:
+        wait_for(lambda: listening_on(worker.pid, port), 120, "the metrics server to listen", [worker])
+        assert listening_on(worker.pid, port) == ["0.0.0.0"]
+    finally:
+        stop(worker)
