@@ -19,11 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import __version__, settings
-from nlpkit.clibase import CliState, NlpkitGroup, bootstrap_option, key_values, layer_list, pass_state
+from nlpkit.clibase import BACKEND_OPTION, CliState, NlpkitGroup, bootstrap_option, key_values, layer_list, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.files import forbid_shared_write
 from nlpkit.localservices.commands import services
 from nlpkit.opscli import COMMANDS as OPERATIONS_COMMANDS
+from nlpkit.perfcli import COMMANDS as PERFORMANCE_COMMANDS
+from nlpkit.perfcli import quantize
 
 stderr = Console(stderr=True)
 
@@ -141,7 +143,7 @@ def _predict_command(task_class: type) -> click.Command:
         click.Argument(["texts"], nargs=-1),
         click.Option(["-i", "--input", "input_path"], metavar="FILE", help="Read inputs from FILE ('-' = stdin)."),
         click.Option(["--model"], metavar="REF", help="Model directory or registered name [newest for the task]."),
-        click.Option(["--backend"], default="torch", show_default=True, help="torch (fp32) or bf16."),
+        click.Option(["--backend"], **BACKEND_OPTION),
         click.Option(["--device"], default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.Option(["--batch-size"], default=32, show_default=True, help="Most sequences per forward pass."),
         *(_task_option(option) for option in task_class.options),
@@ -177,7 +179,7 @@ def _task_option(option: Any) -> click.Option:
 @click.option(
     "-o", "--option", "task_options", multiple=True, callback=key_values, metavar="NAME=VALUE", help="A task setting."
 )
-@click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
+@click.option("--backend", **BACKEND_OPTION)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
@@ -234,7 +236,7 @@ def evaluate(
     metavar="[TASK=]REF",
     help="Model for a task (TASK=REF with several tasks) [newest registered].",
 )
-@click.option("--backend", default="torch", show_default=True, help="torch (fp32) or bf16.")
+@click.option("--backend", **BACKEND_OPTION)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=256, show_default=True, help="Most messages per poll and transaction.")
 @click.option("--max-messages", type=int, help="Stop after this many messages.")
@@ -554,8 +556,9 @@ def db_history() -> None:
 
 
 cli.add_command(services)
-for command in OPERATIONS_COMMANDS:
+for command in (*OPERATIONS_COMMANDS, *PERFORMANCE_COMMANDS):
     cli.add_command(command)
+models.add_command(quantize)
 
 _plugin_commands_added = False
 

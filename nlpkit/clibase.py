@@ -16,7 +16,15 @@ from typing import Any
 import click
 
 from nlpkit import settings
+from nlpkit.backends import BACKEND_HELP, BACKENDS
 from nlpkit.errors import NlpkitError
+
+BACKEND_OPTION: dict[str, Any] = {
+    "type": click.Choice(list(BACKENDS)),
+    "default": "torch",
+    "show_default": True,
+    "help": f"How the model runs. {BACKEND_HELP}.",
+}
 
 
 @dataclass

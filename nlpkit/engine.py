@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from nlpkit.errors import NlpkitError
 from nlpkit.tasks import Prediction, Record, Task, Window
@@ -138,13 +137,8 @@ class Engine:
         for row, item in enumerate(batch):
             input_ids[row, : lengths[row]] = item.ids
             attention_mask[row, : lengths[row]] = 1
-        device = self.loaded.device
-        with torch.inference_mode(), self.loaded.backend.autocast(device):
-            output = self.loaded.model(
-                input_ids=torch.from_numpy(input_ids).to(device),
-                attention_mask=torch.from_numpy(attention_mask).to(device),
-            )
-        arrays = {key: output[key].float().cpu().numpy() for key in self.task.output_keys}
+        output = self.loaded.forward(input_ids, attention_mask)
+        arrays = {key: output[key] for key in self.task.output_keys}
         if self.task.token_level_outputs:
             return [{key: value[row, :length] for key, value in arrays.items()} for row, length in enumerate(lengths)]
         return [{key: value[row] for key, value in arrays.items()} for row in range(len(batch))]

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from nlpkit.backends import DEFAULT_MIN_AGREEMENT, Backend, get_backend
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 
 log = logging.getLogger(__name__)
@@ -32,35 +34,6 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # Maps a registered model name to its directory; the CLI passes one backed by the database.
 ModelLookup = Callable[[str], "Path | None"]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """How a model runs: the precision context wrapped around every forward pass.
-
-    Recorded with every stored prediction, so a row always says which numerics
-    produced it.
-    """
-
-    name: str
-    autocast_dtype: torch.dtype | None = None
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-
-
-BACKENDS = {
-    "torch": Backend("torch"),
-    "bf16": Backend("bf16", torch.bfloat16),
-}
-
-
-def get_backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise NlpkitError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[name]
 
 
 @dataclass
@@ -76,10 +49,24 @@ class LoadedModel:
     backend: Backend
     device: torch.device
     metadata: dict[str, Any] = field(default_factory=dict)  # the model directory's nlpkit.json
+    session: Any = None  # the ONNX Runtime session of an onnx/int8 backend
 
     @property
     def id2label(self) -> dict[int, str]:
         return {int(k): v for k, v in self.model.config.id2label.items()}
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tensor output of one padded batch, as float32 arrays, whatever the backend."""
+        if self.session is not None:
+            from nlpkit.onnxrt import run_session
+
+            return run_session(self.session, input_ids, attention_mask)
+        with torch.inference_mode(), self.backend.autocast(self.device):
+            output = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            )
+        return {key: value.float().cpu().numpy() for key, value in output.items() if isinstance(value, torch.Tensor)}
 
 
 def available_cpus() -> int:
@@ -218,8 +205,13 @@ def load_model(
     backend: str = "torch",
     device: str = "auto",
     lookup: ModelLookup | None = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> LoadedModel:
-    """Load a model and its tokenizer for inference with the named transformers head class."""
+    """Load a model and its tokenizer for inference with the named transformers head class.
+
+    The ONNX backends also open their session here; ``int8`` refuses a quantized model
+    whose agreement with fp32, measured when it was made, is below ``min_agreement``.
+    """
     name, path = resolve_model_path(ref, lookup)
     chosen_device = pick_device(device)
     try:
@@ -231,7 +223,7 @@ def load_model(
     if not getattr(tokenizer, "is_fast", False):
         raise ModelNotFoundError(f"model '{ref}' has no fast tokenizer (tokenizer.json); nlpkit needs one")
     model.eval().to(chosen_device)
-    return LoadedModel(
+    loaded = LoadedModel(
         name=name,
         revision=model_revision(path),
         path=path,
@@ -242,6 +234,22 @@ def load_model(
         device=chosen_device,
         metadata=read_metadata(path),
     )
+    if loaded.backend.onnx_file is not None:
+        loaded.session = open_onnx_session(loaded, min_agreement)
+    return loaded
+
+
+def open_onnx_session(loaded: LoadedModel, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Any:
+    """The ONNX Runtime session for an onnx/int8 backend (CPU only: that is where they pay)."""
+    from nlpkit import onnxrt
+
+    if loaded.device.type != "cpu":
+        raise NlpkitError(f"the {loaded.backend.name} backend runs on CPU; on {loaded.device} use torch or bf16")
+    if loaded.backend.onnx_file == "int8":
+        file = onnxrt.checked_int8_model(loaded, min_agreement)
+    else:
+        file = onnxrt.exported_model(loaded)
+    return onnxrt.open_session(file, torch.get_num_threads())
 
 
 @contextlib.contextmanager

@@ -65,7 +65,14 @@ def load_task(
     task_class = get_task_class(task)
     registry = registry or ModelRegistry()
     ref = model or registry.newest_for(task)
-    loaded = load_model(ref, task_class.model_class, backend=backend, device=device, lookup=registry.path)
+    loaded = load_model(
+        ref,
+        task_class.model_class,
+        backend=backend,
+        device=device,
+        lookup=registry.path,
+        min_agreement=settings.get_fraction("min_agreement"),
+    )
     return task_class(loaded, **options)
 
 

@@ -61,6 +61,12 @@ SETTINGS = {
         ),
         Setting("bootstrap_servers", "NLPKIT_BOOTSTRAP_SERVERS", lambda: "127.0.0.1:9092", "Kafka bootstrap servers"),
         Setting(
+            "min_agreement",
+            "NLPKIT_MIN_AGREEMENT",
+            lambda: "0.99",
+            "least agreement with fp32 (on its calibration sample) for an int8 model to be used",
+        ),
+        Setting(
             "metrics_host",
             "NLPKIT_METRICS_HOST",
             lambda: "127.0.0.1",
@@ -109,6 +115,18 @@ def resolve(name: str, flag: str | None = None) -> tuple[str, str]:
 
 def get(name: str, flag: str | None = None) -> str:
     return resolve(name, flag)[0]
+
+
+def get_fraction(name: str, flag: str | None = None) -> float:
+    """A setting that must be a number from 0 to 1; a bad value names where it came from."""
+    value, source = resolve(name, flag)
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise NlpkitError(f"{name} from {source} must be a number from 0 to 1, got {value!r}")
+    return fraction
 
 
 def models_dir() -> Path:

@@ -1,0 +1,51 @@
+"""The ways a model can run, named for ``--backend`` and recorded with every stored prediction.
+
+Kept free of torch so the CLI can offer the names without paying for the import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a model runs: torch with a precision context, or an ONNX Runtime session."""
+
+    name: str
+    description: str
+    autocast_dtype: str | None = None  # a torch dtype's name
+    onnx_file: str | None = None  # which cached ONNX model runs it; None runs the torch model
+
+    def autocast(self, device: Any) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, self.autocast_dtype))
+
+
+BACKENDS = {
+    backend.name: backend
+    for backend in (
+        Backend("torch", "fp32 torch"),
+        Backend("bf16", "torch under bf16 autocast: fast only where the CPU/GPU has bf16 units", "bfloat16"),
+        Backend("onnx", "fp32 ONNX Runtime with fused kernels; exported beside the model on first use", None, "fp32"),
+        Backend("int8", "ONNX Runtime int8, made and checked by `nlpkit models quantize`", None, "int8"),
+    )
+}
+
+
+def get_backend(name: str) -> Backend:
+    from nlpkit.errors import NlpkitError
+
+    if name not in BACKENDS:
+        raise NlpkitError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+BACKEND_HELP = "; ".join(f"{backend.name}: {backend.description}" for backend in BACKENDS.values())

@@ -1,0 +1,204 @@
+"""``nlpkit bench``: every way of running a task, timed in one run on the same model, data and machine.
+
+Variants: transformers' own pipeline (default batch size and 32) as the baseline, the
+engine on each backend, and the whole streaming path (send -> Kafka -> model ->
+SQLite -> commit). Each runs in a fresh process (:mod:`nlpkit.benchrun`) on the same
+records. Figures are relative where the machine is noisy: throughput as a ratio to the
+faster pipeline setting, compute as a fraction of the fp32 matrix-multiply rate this
+machine reaches right now, answers as agreement with the fp32 engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nlpkit.errors import NlpkitError
+from nlpkit.tasks import Example, Prediction, Record
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchRow:
+    """One line of the report; the first eight fields are the ``--json`` keys."""
+
+    variant: str
+    seq_per_s: float
+    tokens_per_s: float
+    ratio_to_pipeline: float | None
+    peak_fraction: float | None
+    agreement: float | None
+    rss_mb: float
+    load_s: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's score on the data's labels
+
+
+@dataclass
+class BenchPlan:
+    task: str
+    model: str  # as the user gave it: registered name or directory
+    model_path: Path
+    examples: list[Example]
+    backends: Sequence[str]
+    threads: int
+    pipelines: bool = True
+    stream: bool = True
+    bootstrap_servers: str | None = None
+    max_length: int | None = None
+    batch_size: int = 32
+    max_batch_tokens: int = 16384
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """``limit`` examples drawn at random (files sorted by label must never be cut by prefix)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
+def cut_texts(records: Sequence[Record], tokenizer: Any, max_length: int) -> list[Record]:
+    """Each text shortened to its first ``max_length`` tokens (special tokens included), at a
+    character boundary, so every variant reads the very same inputs."""
+    texts = [record.fields["text"] for record in records]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    cut = []
+    for record, text, offsets in zip(records, texts, encoded["offset_mapping"], strict=True):
+        end = max((stop for _start, stop in offsets), default=len(text))
+        cut.append(Record(dict(record.fields) | {"text": text[:end]}, record.id))
+    return cut
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, seconds: float = 2.0) -> float:
+    """The fp32 matrix-multiply rate torch reaches on this machine now: the best of repeated runs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, Any]]:
+    """Every variant of ``plan``, then the rows compared; also returns facts about the run."""
+    from nlpkit.baselines import BASELINES
+
+    records = [example.record for example in plan.examples]
+    with tempfile.TemporaryDirectory(prefix="nlpkit-bench-") as scratch:
+        records_file = Path(scratch) / "records.jsonl"
+        records_file.write_text("".join(json.dumps(dict(r.fields), ensure_ascii=False) + "\n" for r in records))
+        common = {
+            "task": plan.task,
+            "model": plan.model,
+            "model_path": str(plan.model_path),
+            "records": str(records_file),
+            "threads": plan.threads,
+            "options": plan.options,
+            "batch_size": plan.batch_size,
+            "max_batch_tokens": plan.max_batch_tokens,
+            "max_length": plan.max_length,
+        }
+        variants: list[tuple[str, dict[str, Any]]] = []
+        if plan.pipelines and plan.task in BASELINES:
+            variants += [
+                ("pipeline (default batch)", {"kind": "pipeline", "pipeline_batch_size": None}),
+                ("pipeline (batch 32)", {"kind": "pipeline", "pipeline_batch_size": 32}),
+            ]
+        variants += [(f"engine {b}", {"kind": "engine", "backend": b, "keep_outputs": True}) for b in plan.backends]
+        results = {name: _child(common | spec, Path(scratch), name, progress) for name, spec in variants}
+        if plan.stream:
+            best = _fastest_agreeing(results, plan.backends)
+            name = f"stream {best} (Kafka -> SQLite)"
+            spec = {
+                "kind": "stream",
+                "backend": best,
+                "keep_outputs": True,
+                "bootstrap_servers": plan.bootstrap_servers,
+            }
+            results[name] = _child(common | spec, Path(scratch), name, progress)
+    progress("measuring this machine's fp32 matmul rate")
+    peak = matmul_peak_gflops(plan.threads)
+    return _rows(plan, results, peak), {"peak_gflops": peak, "records": len(records)}
+
+
+def _child(spec: dict[str, Any], scratch: Path, name: str, progress: Progress) -> dict[str, Any]:
+    progress(f"running {name}")
+    spec_file, result_file = scratch / "spec.json", scratch / "result.json"
+    spec_file.write_text(json.dumps(spec))
+    result_file.unlink(missing_ok=True)
+    env = os.environ | {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nlpkit.benchrun", str(spec_file), str(result_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not result_file.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NlpkitError(f"benchmark variant '{name}' failed: {last}")
+    return json.loads(result_file.read_text())
+
+
+def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str]) -> str:
+    """The backend to stream with: the fastest whose answers match fp32 on at least 99% of records."""
+    from nlpkit.agreement import agreement
+
+    reference = results.get("engine torch")
+    candidates = []
+    for backend in backends:
+        result = results[f"engine {backend}"]
+        agrees = reference is None or agreement(reference["outputs"], result["outputs"]) >= 0.99
+        if agrees:
+            candidates.append((result["seconds"], backend))
+    return min(candidates)[1] if candidates else backends[0]
+
+
+def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], peak_gflops: float) -> list[BenchRow]:
+    from nlpkit.agreement import agreement
+    from nlpkit.plugins import get_task_class
+
+    count = len(plan.examples)
+    measured = next((r for r in results.values() if "flops" in r), None)
+    pipelines = [r["seconds"] for name, r in results.items() if name.startswith("pipeline")]
+    baseline = min(pipelines) if pipelines else None
+    reference = results.get("engine torch")
+    task_class = get_task_class(plan.task)
+    rows = []
+    for name, result in results.items():
+        seconds = result["seconds"]
+        full = result.get("full_outputs")
+        metrics = {}
+        if full and all(output is not None for output in full):
+            predictions = [Prediction(o.get("label"), o.get("score"), o) for o in full]
+            metrics = task_class.score(predictions, plan.examples)
+        rows.append(
+            BenchRow(
+                variant=name,
+                seq_per_s=count / seconds,
+                tokens_per_s=measured["tokens"] / seconds if measured else 0.0,
+                ratio_to_pipeline=baseline / seconds if baseline else None,
+                peak_fraction=measured["flops"] / seconds / (peak_gflops * 1e9) if measured else None,
+                agreement=agreement(reference["outputs"], result["outputs"]) if reference else None,
+                rss_mb=result["rss_mb"],
+                load_s=result["load_s"],
+                metrics=metrics,
+            )
+        )
+    return rows

@@ -1,0 +1,147 @@
+"""One benchmark variant in its own process: ``python -m nlpkit.benchrun SPEC.json RESULT.json``.
+
+Each variant (a transformers pipeline, the engine on one backend, the whole streaming
+path) gets a fresh process, so its peak RSS and model load time are its own and no
+variant warms caches for the next. The parent (:mod:`nlpkit.bench`) compares results.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nlpkit.tasks import Record
+
+WARMUP_RECORDS = 32
+COMPARED_KEYS = ("label", "labels", "entities", "answers")  # what a pipeline can be compared on
+
+Runner = Callable[[Sequence[Record]], list[Any]]
+
+
+def comparable(output: dict[str, Any] | None) -> Any:
+    """The part of an output every variant can state: label(s), entity spans or answer spans."""
+    from nlpkit.agreement import decision
+
+    if output is None:
+        return None
+    kept = {key: decision(output[key]) for key in COMPARED_KEYS if key in output}
+    if "labels" in kept:
+        kept["labels"] = sorted(kept["labels"])
+    return kept
+
+
+def main(spec_file: str, result_file: str) -> None:
+    from nlpkit.modeling import configure_threads
+
+    spec = json.loads(Path(spec_file).read_text())
+    configure_threads(spec["threads"])
+    records = [Record(json.loads(line)) for line in Path(spec["records"]).read_text().splitlines()]
+    started = time.perf_counter()
+    run, extra = BUILDERS[spec["kind"]](spec)
+    load_s = time.perf_counter() - started
+    run(records[:WARMUP_RECORDS])  # first calls allocate and pick kernels: not throughput
+    started = time.perf_counter()
+    outputs = run(records)
+    seconds = time.perf_counter() - started
+    result = {
+        "seconds": seconds,
+        "load_s": load_s,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "outputs": [comparable(output) for output in outputs],
+        "full_outputs": outputs if spec.get("keep_outputs") else None,
+    } | extra()
+    Path(result_file).write_text(json.dumps(result))
+
+
+def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+    from nlpkit.engine import Engine, RecordFailure
+    from nlpkit.pipelines import load_task
+
+    task = load_task(spec["task"], spec["model"], backend=spec["backend"], **spec["options"])
+    engine = Engine(task, batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
+    seen: list[Sequence[Record]] = []
+
+    def run(records: Sequence[Record]) -> list[Any]:
+        seen.append(records)
+        return [None if isinstance(o, RecordFailure) else o.output for o in engine.run(records)]
+
+    return run, lambda: work(task, seen[-1])  # counted after the clock stops
+
+
+def work(task: Any, records: Sequence[Record]) -> dict[str, float]:
+    """Real (unpadded) tokens and the matmul FLOPs they need, from the task's own windows."""
+    config = task.model.model.config
+    width = int(config.hidden_size)
+    ffn = int(getattr(config, "hidden_dim", 0) or getattr(config, "intermediate_size", 4 * width))
+    layers = int(config.num_hidden_layers)
+    lengths = [len(window.input_ids) for windows in task.windows(records) for window in windows]
+    linear = 2 * (4 * width * width + 2 * width * ffn)  # q, k, v, out projections and the two FFN layers
+    flops = layers * sum(n * linear + 4 * n * n * width for n in lengths)  # + scores and weighted values
+    return {"tokens": float(sum(lengths)), "flops": float(flops)}
+
+
+def _pipeline(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+    from transformers import pipeline
+
+    from nlpkit.baselines import BASELINES
+
+    baseline = BASELINES[spec["task"]]
+    kwargs = {"batch_size": spec["pipeline_batch_size"]} if spec["pipeline_batch_size"] else {}
+    hf = pipeline(baseline.pipeline_task, model=spec["model_path"], device="cpu", **baseline.load_options)
+
+    def run(records: Sequence[Record]) -> list[Any]:
+        inputs = [baseline.inputs(record) for record in records]
+        options = baseline.call_options(spec["max_length"])
+        outputs = hf(inputs, **kwargs, **options)
+        return [baseline.convert(record, out) for record, out in zip(records, outputs, strict=True)]
+
+    return run, dict
+
+
+def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+    """Send every record to a fresh topic; a worker consumes, predicts, stores in SQLite, commits."""
+    from sqlalchemy import select
+
+    from nlpkit import dbmigrate
+    from nlpkit.engine import Engine
+    from nlpkit.kafkaio import create_topic, produce
+    from nlpkit.pipelines import load_task
+    from nlpkit.store import Database, PredictionRow
+    from nlpkit.stream import Worker, WorkerConfig
+
+    task = load_task(spec["task"], spec["model"], backend=spec["backend"], **spec["options"])
+    engine = Engine(task, batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
+    scratch = Path(tempfile.mkdtemp(prefix="nlpkit-bench-"))
+    database = Database(f"sqlite:///{scratch / 'bench.db'}")
+    dbmigrate.upgrade(database.engine)
+    servers = spec["bootstrap_servers"]
+
+    def run(records: Sequence[Record]) -> list[Any]:
+        topic = f"bench-{uuid.uuid4().hex[:10]}"
+        create_topic(servers, topic, partitions=1)
+        produce(servers, topic, [(str(i), json.dumps(dict(r.fields))) for i, r in enumerate(records)])
+        config = WorkerConfig(
+            topics=[topic], group=topic, bootstrap_servers=servers, max_messages=len(records), batch_size=256
+        )
+        Worker(config, {spec["task"]: engine}, database).run()
+        with database.session() as session:
+            rows = session.execute(
+                select(PredictionRow.source_offset, PredictionRow.output).where(PredictionRow.source_topic == topic)
+            ).all()
+        by_offset = {offset: output for offset, output in rows}
+        return [by_offset.get(index) for index in range(len(records))]
+
+    return run, dict
+
+
+BUILDERS = {"engine": _engine, "pipeline": _pipeline, "stream": _stream}
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

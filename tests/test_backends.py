@@ -1,0 +1,157 @@
+"""The onnx and int8 backends on tiny random models: same answers as torch, cached exports, the int8 gate."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nlpkit import onnxrt
+from nlpkit.agreement import agreement, decision, distance
+from nlpkit.engine import Engine
+from nlpkit.errors import ModelNotFoundError, NlpkitError
+from nlpkit.modeling import load_model
+from nlpkit.pipelines import load_task
+from nlpkit.quantize import quantize
+from nlpkit.tasks import Record
+from nlpkit.testing import save_tiny_distilbert
+
+WORDS = "the film was great awful good bad movie staff food price hotel room boring fun".split()
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def sentences(count: int, seed: int = 0) -> list[str]:
+    draw = random.Random(seed)
+    return [" ".join(draw.choices(WORDS, k=draw.randint(2, 40))) for _ in range(count)]
+
+
+@pytest.fixture
+def sentiment_copy(tmp_path: Path, sentiment_model_dir: Path) -> Path:
+    """A private copy: the ONNX cache is written beside the model."""
+    import shutil
+
+    return Path(shutil.copytree(sentiment_model_dir, tmp_path / "model"))
+
+
+def test_onnx_gives_torch_scores_for_every_head(tmp_path: Path) -> None:
+    texts = sentences(40)
+    cases = [
+        ("sentiment", "sequence-classification", ["negative", "positive"], [Record({"text": t}) for t in texts]),
+        ("ner", "token-classification", NER_LABELS, [Record({"text": t}) for t in texts]),
+        ("qa", "question-answering", None, [Record({"question": "what film", "context": t}) for t in texts]),
+    ]
+    for task_name, head, labels, records in cases:
+        path = save_tiny_distilbert(tmp_path / task_name, head=head, labels=labels, seed=3)
+        torch_out = Engine(load_task(task_name, str(path))).predict(records)
+        onnx_out = Engine(load_task(task_name, str(path), backend="onnx")).predict(records)
+        assert [decision(p.output) for p in onnx_out] == [decision(p.output) for p in torch_out], task_name
+        assert distance([p.output for p in torch_out], [p.output for p in onnx_out]) < 1e-4, task_name
+
+
+def test_the_onnx_forward_matches_torch_logits_on_padded_batches(sentiment_copy: Path) -> None:
+    torch_model = load_model(str(sentiment_copy), "DistilBertForSequenceClassification")
+    onnx_model = load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
+    ids = np.array([[2, 40, 41, 42, 3, 0, 0], [2, 50, 51, 52, 53, 54, 3]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    expected = torch_model.forward(ids, mask)["logits"]
+    assert np.abs(onnx_model.forward(ids, mask)["logits"] - expected).max() < 1e-5
+
+
+def test_the_export_is_cached_beside_the_model_and_redone_for_new_weights(sentiment_copy: Path) -> None:
+    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
+    exported = sentiment_copy / "onnx" / onnxrt.FP32_FILE
+    first = exported.stat().st_mtime_ns
+    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
+    assert exported.stat().st_mtime_ns == first
+    save_tiny_distilbert(sentiment_copy, labels=["negative", "positive"], seed=9)  # retrained in place
+    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
+    assert exported.stat().st_mtime_ns != first
+
+
+def test_int8_needs_quantize_first(sentiment_copy: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="nlpkit models quantize"):
+        load_task("sentiment", str(sentiment_copy), backend="int8")
+
+
+def test_quantize_reaches_the_agreement_it_reports(sentiment_copy: Path) -> None:
+    task = load_task("sentiment", str(sentiment_copy))
+    calibration = [Record({"text": t}) for t in sentences(64, seed=1)]
+    report = quantize(task, calibration, min_agreement=0.99, data="test")
+    assert report.records == 64
+    assert report.quantized > 0
+    int8 = Engine(load_task("sentiment", str(sentiment_copy), backend="int8")).predict(calibration)
+    fp32 = Engine(task).predict(calibration)
+    assert agreement([p.output for p in fp32], [p.output for p in int8]) == pytest.approx(report.agreement)
+    saved = json.loads((sentiment_copy / "onnx" / onnxrt.INT8_REPORT).read_text())
+    assert saved["revision"] == task.model.revision and saved["agreement"] == report.agreement
+
+
+def test_the_int8_gate_refuses_below_the_minimum(sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task("sentiment", str(sentiment_copy))
+    report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
+    with pytest.raises(NlpkitError, match="refusing the int8 version"):
+        onnxrt.checked_int8_model(task.model, report.agreement + 0.001)
+    monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
+    assert load_task("sentiment", str(sentiment_copy), backend="int8").model.backend.name == "int8"
+
+
+def test_a_bad_min_agreement_setting_is_one_clear_error(sentiment_copy: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", "lots")
+    with pytest.raises(NlpkitError, match="NLPKIT_MIN_AGREEMENT must be a number from 0 to 1"):
+        load_task("sentiment", str(sentiment_copy))
+
+
+def test_agreement_ignores_scores_but_not_decisions() -> None:
+    a = [
+        {"label": "pos", "score": 0.9, "scores": {"pos": 0.9, "neg": 0.1}},
+        {"entities": [{"type": "PER", "score": 1}]},
+    ]
+    b = [
+        {"label": "pos", "score": 0.7, "scores": {"pos": 0.7, "neg": 0.3}},
+        {"entities": [{"type": "LOC", "score": 1}]},
+    ]
+    assert decision(a[0]) == {"label": "pos"}
+    assert agreement(a, b) == 0.5
+    assert distance(a[:1], b[:1]) == pytest.approx((0.2 + 0.2 + 0.2) / 3)
+    assert distance(a[1:], b[1:]) == 1.0
+    assert agreement([None, a[0]], [a[0], a[0]]) == 1.0  # a record one side failed is not counted
+
+
+def test_bench_times_pipelines_engines_and_the_stream(
+    sentiment_copy: Path, tmp_path: Path, kafka_broker, nlpkit_home: Path
+) -> None:
+    data = tmp_path / "reviews.tsv"
+    draw = random.Random(4)
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{draw.randint(0, 1)}\n" for t in sentences(60, seed=4)))
+    command = [sys.executable, "-m", "nlpkit", "bench", "sentiment", "--model", str(sentiment_copy)]
+    command += ["--data", str(data), "--limit", "48", "--backend", "torch", "--backend", "onnx", "--backend", "int8"]
+    command += ["--bootstrap-servers", kafka_broker.bootstrap_servers, "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {row["variant"]: row for row in map(json.loads, done.stdout.splitlines())}
+    keys = {
+        "variant",
+        "seq_per_s",
+        "tokens_per_s",
+        "ratio_to_pipeline",
+        "peak_fraction",
+        "agreement",
+        "rss_mb",
+        "load_s",
+    }
+    assert all(keys <= set(row) for row in rows.values())
+    assert {"pipeline (default batch)", "pipeline (batch 32)", "engine torch", "engine onnx", "engine int8"} <= set(
+        rows
+    )
+    assert rows["engine onnx"]["agreement"] == 1.0
+    assert rows["pipeline (batch 32)"]["agreement"] == 1.0  # the same model answers the same through transformers
+    streamed = [row for name, row in rows.items() if name.startswith("stream ")]
+    assert len(streamed) == 1 and streamed[0]["agreement"] >= 0.99  # every message stored and answered
+    assert all(row["seq_per_s"] > 0 and row["rss_mb"] > 0 for row in rows.values())
+    assert max(row["ratio_to_pipeline"] for name, row in rows.items() if name.startswith("pipeline")) == 1.0
+    assert "accuracy" in rows["engine torch"]["metrics"]
