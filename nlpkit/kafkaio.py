@@ -7,7 +7,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
@@ -16,6 +16,7 @@ from nlpkit import settings
 from nlpkit.data import TEXT_COLUMNS, read_rows
 from nlpkit.errors import DataFormatError, NlpkitError
 
+Client = TypeVar("Client", AdminClient, Consumer, Producer)
 Headers = dict[str, bytes]
 Outgoing = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers]
 
@@ -38,6 +39,19 @@ def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
+def new_client(kind: type[Client], config: dict[str, Any]) -> Client:
+    """A librdkafka client, or one clear line when librdkafka refuses its settings.
+
+    librdkafka checks every property, and loads files such as ``ssl.ca.location``, while
+    the client is made; a mistyped name or value in nlpkit.toml or an ``NLPKIT_KAFKA_*``
+    variable would otherwise end a command with a traceback.
+    """
+    try:
+        return kind(config)
+    except KafkaException as exc:
+        raise NlpkitError(f"Kafka client settings refused: {exc.args[0].str()} (see `nlpkit config`)") from exc
+
+
 def cluster_metadata(
     client: AdminClient | Consumer | Producer, bootstrap_servers: str, timeout: float = 10.0
 ) -> ClusterMetadata:
@@ -52,7 +66,7 @@ def cluster_metadata(
 
 
 def admin_client(bootstrap_servers: str) -> AdminClient:
-    admin = AdminClient(client_config(bootstrap_servers))
+    admin = new_client(AdminClient, client_config(bootstrap_servers))
     cluster_metadata(admin, bootstrap_servers)
     return admin
 
@@ -122,7 +136,9 @@ def produce(
     data reached the topic when it did not. A message is ``(key, value)`` or
     ``(key, value, headers)``.
     """
-    producer = Producer(client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides}))
+    producer = new_client(
+        Producer, client_config(bootstrap_servers, **{"enable.idempotence": True, "linger.ms": 5, **overrides})
+    )
     cluster_metadata(producer, bootstrap_servers)  # no broker: say so now, not after a minute of retries
     failures: list[str] = []
 

@@ -28,7 +28,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, M
 from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
-from nlpkit.kafkaio import client_config, cluster_metadata
+from nlpkit.kafkaio import client_config, cluster_metadata, new_client
 from nlpkit.memory import trim_heap
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
 from nlpkit.monitoring import WorkerMetrics
@@ -139,8 +139,12 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    def run(self) -> WorkerStats:
-        consumer = Consumer(
+    def new_consumer(self) -> Consumer:
+        """The worker's consumer: configured pass-through properties (SASL, SSL, ...), the
+        worker's own settings, then ``consumer_config``. Made apart from :meth:`run` so what
+        librdkafka accepts can be checked without a broker."""
+        return new_client(
+            Consumer,
             client_config(
                 self.config.bootstrap_servers,
                 **{
@@ -150,8 +154,15 @@ class Worker:
                     **(self.metrics.consumer_settings() if self.metrics else {}),
                     **self.config.consumer_config,
                 },
-            )
+            ),
         )
+
+    def new_dead_letter_producer(self) -> Producer:
+        """The producer that copies dead letters to their topic, with the same pass-through properties."""
+        return new_client(Producer, client_config(self.config.bootstrap_servers, **{"enable.idempotence": True}))
+
+    def run(self) -> WorkerStats:
+        consumer = self.new_consumer()
         self._consumer = consumer
         try:
             self._check_topics(consumer)
@@ -427,9 +438,7 @@ class Worker:
         if not topic or not batch.dead_messages:
             return
         if self._dead_letter_producer is None:
-            self._dead_letter_producer = Producer(
-                client_config(self.config.bootstrap_servers, **{"enable.idempotence": True})
-            )
+            self._dead_letter_producer = self.new_dead_letter_producer()
         for message, reason in batch.dead_messages:
             self._dead_letter_producer.produce(
                 topic,
