@@ -40,6 +40,17 @@ BAD_ARGUMENTS = [
     ),
     ("db-downgrade", ["db", "downgrade", "nonsense"], "Can't locate revision identified by 'nonsense'"),
     ("models-convert-layers", ["models", "convert", MODEL, "{tmp}/out", "--layers", "0,x"], "--layers"),
+    (
+        "bench-backend",
+        ["bench", "sentiment", "--model", MODEL, "--data", DATA, "--backend", "fp8"],
+        "'fp8' is not one of",
+    ),
+    (
+        "quantize-agreement",
+        ["models", "quantize", MODEL, "--task", "sentiment", "--data", DATA, "--min-agreement", "2"],
+        "--min-agreement",
+    ),
+    ("predict-int8", ["predict", "sentiment", "--model", MODEL, "--backend", "int8", "x"], "nlpkit models quantize"),
 ]
 MISSING_FILES = [
     ("predict-input", ["predict", "sentiment", "--model", MODEL, "--input", "/no/such.txt"], "/no/such.txt"),
@@ -49,6 +60,7 @@ MISSING_FILES = [
     ("distill-data", ["distill", "--teacher", MODEL, "--data", "/no/such.txt", "--name", "n"], "/no/such.txt"),
     ("split-squad", ["split-squad", "/no/such.json", "--train-articles", "2", "--out-dir", "{tmp}"], "/no/such.json"),
     ("convert-source", ["models", "convert", "/no/such-model", "{tmp}/out"], "/no/such-model"),
+    ("bench-data", ["bench", "sentiment", "--model", MODEL, "--data", "/no/such.tsv"], "/no/such.tsv"),
 ]
 NO_BROKER_CASES = [
     ("consume", ["consume", "--topic", "t", "--task", "sentiment", "--model", MODEL, "--bootstrap-servers", NO_BROKER]),
@@ -85,6 +97,9 @@ UNKNOWN_NAMES = [
     ("models-show", ["models", "show", "nope"], "no model named 'nope'"),
     ("models-remove", ["models", "remove", "nope"], "no model named 'nope'"),
     ("dead-letters-show", ["dead-letters", "show", "12345"], "no dead letter with id 12345"),
+    ("bench-task", ["bench", "nope", "--model", MODEL, "--data", DATA, "--no-stream"], "unknown task 'nope'"),
+    ("bench-model", ["bench", "sentiment", "--model", "nope", "--data", DATA, "--no-stream"], "not a registered model"),
+    ("quantize-model", ["models", "quantize", "nope", "--task", "sentiment", "--data", DATA], "not a registered model"),
 ]
 
 
