@@ -1,11 +1,11 @@
 """Records in, predictions out: length-sorted micro-batches with dynamic padding.
 
 The engine is task-agnostic. A task cuts records into windows of token ids; the
-engine sorts all windows by length, packs them into batches bounded by a count and
-a padded-token budget (so a batch of long reviews and a batch of short sentences
-cost about the same), pads each batch only to its own longest window, runs the
-model under ``torch.inference_mode`` and the backend's precision, and hands each
-record's outputs back to the task. Results come back in input order.
+engine sorts all windows by length, packs them into batches bounded by a count, a
+padded-token budget and an attention budget (length squared), so a batch of long
+reviews and a batch of short sentences cost about the same, pads each batch only to
+its own longest window, runs the model on its backend, and hands each record's
+outputs back to the task. Results come back in input order.
 
 A record whose windows make the model fail, or whose postprocessing fails, becomes a
 :class:`RecordFailure` while the rest of its batch still gets predictions: the
@@ -24,6 +24,10 @@ from nlpkit.tasks import Prediction, Record, Task, Window
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_TOKENS = 16384
+# Attention scores grow with the square of the length: 32 reviews of 512 tokens would hold
+# 32 x 12 heads x 512 x 512 floats (400 MB) per layer where the kernel materialises them.
+# Capping batch x length^2 keeps long batches near 8 x 512 and costs short ones nothing.
+DEFAULT_MAX_BATCH_ATTENTION = 8 * 512 * 512
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,15 @@ class Engine:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_attention: int = DEFAULT_MAX_BATCH_ATTENTION,
     ) -> None:
-        if batch_size < 1 or max_batch_tokens < 1:
-            raise NlpkitError("batch size and token budget must be positive")
+        if min(batch_size, max_batch_tokens, max_batch_attention) < 1:
+            raise NlpkitError("batch size and token budgets must be positive")
         self.task = task
         self.loaded = task.model
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_attention = max_batch_attention
         self.pad_id = self.loaded.tokenizer.pad_token_id or 0
 
     def predict(self, records: Sequence[Record], progress: ProgressCallback | None = None) -> list[Prediction]:
@@ -109,18 +115,24 @@ class Engine:
             return windows, failures
 
     def _batches(self, items: list[_Item]) -> list[list[_Item]]:
-        """Longest first, each batch within the count limit and the padded-token budget."""
+        """Longest first, each batch within the count limit and the padded-token and attention budgets."""
         batches: list[list[_Item]] = []
         current: list[_Item] = []
         for item in sorted(items, key=lambda item: len(item.ids), reverse=True):
-            longest = len(current[0].ids) if current else len(item.ids)
-            if current and (len(current) >= self.batch_size or (len(current) + 1) * longest > self.max_batch_tokens):
+            if current and self._full(len(current) + 1, len(current[0].ids)):
                 batches.append(current)
                 current = []
             current.append(item)
         if current:
             batches.append(current)
         return batches
+
+    def _full(self, count: int, longest: int) -> bool:
+        return (
+            count > self.batch_size
+            or count * longest > self.max_batch_tokens
+            or count * longest * longest > self.max_batch_attention
+        )
 
     def _forward_isolating(self, batch: list[_Item]) -> list[Mapping[str, np.ndarray] | RecordFailure]:
         try:

@@ -51,6 +51,14 @@ def test_batches_are_sorted_by_length_and_respect_the_token_budget(task):
         assert len(batch) == 1 or len(batch) * len(batch[0].ids) <= 40
 
 
+def test_long_windows_batch_within_the_attention_budget(task):
+    from nlpkit.engine import _Item
+
+    engine = Engine(task, batch_size=64, max_batch_tokens=10**6, max_batch_attention=4 * 100 * 100)
+    lengths = [100] * 10 + [20] * 60
+    batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
+    # 4 x 100^2 fills the budget; the third batch's two short windows pad to 100; the rest fit in one.
+    assert [len(batch) for batch in batches] == [4, 4, 4, 58]
 class ExplodingTask(SentimentTask):
     """Fails in the model for any text containing 'boom', the way a poison record would."""
 
