@@ -123,6 +123,11 @@ class Worker:
         self._assigned: set[tuple[str, int]] = set()
         self._dead_letter_producer: Producer | None = None
 
+    @property
+    def assigned(self) -> bool:
+        """Whether the group has given this worker partitions (it is ready to consume)."""
+        return bool(self._assigned)
+
     def request_stop(self) -> None:
         """Finish the batch in hand, commit it, leave the group. Safe to call from a signal handler."""
         self._stopping = True
