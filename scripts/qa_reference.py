@@ -5,8 +5,9 @@ keeps its behaviour, and tests/test_qa.py checks that against this fixture. This
 
 1. builds the tiny random QA model the test builds (same seed: nlpkit.testing draws the
    weights from NumPy's frozen legacy generator, so they are the same everywhere);
-2. creates a throwaway virtual environment with transformers 4.57 (torch is borrowed from
-   this environment through a .pth file rather than downloaded again);
+2. uses a side virtual environment with transformers 4.57 (nlpkit.throwaway_env: torch is
+   borrowed from this environment through a .pth file rather than downloaded again; the
+   environment is cached under ~/.cache/nlpkit/envs, so only the first run installs it);
 3. runs the 4.57 pipeline there on the cases below and writes tests/fixtures/qa_reference.json.
 
     .venv/bin/python scripts/qa_reference.py
@@ -17,17 +18,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
 import tempfile
-import venv
 from pathlib import Path
 
 from nlpkit.modeling import weights_digest
 from nlpkit.testing import save_tiny_distilbert
+from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "qa_reference.json"
-TRANSFORMERS = "transformers==4.57.6"
 MODEL_SEED = 21
 
 SHORT = "The Eiffel Tower was built in 1889 by Gustave Eiffel for the World Fair in Paris."
@@ -72,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch_dir = Path(scratch)
         model_dir = save_tiny_distilbert(scratch_dir / "tiny-qa", head="question-answering", seed=MODEL_SEED)
-        python = make_environment(scratch_dir / "venv")
+        python = cached_environment(LEGACY_TRANSFORMERS)
         cases_file, out_file = scratch_dir / "cases.json", scratch_dir / "out.json"
         cases_file.write_text(json.dumps(CASES))
         (scratch_dir / "run.py").write_text(RUNNER)
@@ -84,19 +83,6 @@ def main() -> None:
         }
     FIXTURE.write_text(json.dumps(recorded, indent=1) + "\n")
     print(f"wrote {len(recorded['results'])} cases from transformers {recorded['transformers']} to {FIXTURE}")
-
-
-def make_environment(path: Path) -> str:
-    """A venv with transformers 4.57 that sees this environment's torch (after its own packages)."""
-    venv.create(path, with_pip=True)
-    python = str(path / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TRANSFORMERS], check=True)
-    own_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True,
-        text=True,
-    ).stdout.strip()  # fmt: skip
-    Path(own_site, "borrowed-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
 
 
 if __name__ == "__main__":
