@@ -214,42 +214,57 @@ def load_model(
     """
     name, path = resolve_model_path(ref, lookup)
     chosen_device = pick_device(device)
+    chosen_backend = get_backend(backend)
+    revision = model_revision(path)
+    onnx_file = _cached_onnx(name, path, revision, chosen_backend, chosen_device, min_agreement)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         with quiet_loading():
-            model = getattr(transformers, model_class).from_pretrained(path)
+            model = (
+                _skeleton(model_class, path) if onnx_file else getattr(transformers, model_class).from_pretrained(path)
+            )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{ref}' from {path}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelNotFoundError(f"model '{ref}' has no fast tokenizer (tokenizer.json); nlpkit needs one")
-    model.eval().to(chosen_device)
     loaded = LoadedModel(
         name=name,
-        revision=model_revision(path),
+        revision=revision,
         path=path,
-        model=model,
+        model=model if onnx_file else model.eval().to(chosen_device),
         tokenizer=tokenizer,
         max_length=max_input_length(model, tokenizer),
-        backend=get_backend(backend),
+        backend=chosen_backend,
         device=chosen_device,
         metadata=read_metadata(path),
     )
-    if loaded.backend.onnx_file is not None:
-        loaded.session = open_onnx_session(loaded, min_agreement)
+    if chosen_backend.onnx_file is not None:
+        from nlpkit import onnxrt
+
+        loaded.session = onnxrt.open_session(onnx_file or onnxrt.exported_model(loaded), torch.get_num_threads())
     return loaded
 
 
-def open_onnx_session(loaded: LoadedModel, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Any:
-    """The ONNX Runtime session for an onnx/int8 backend (CPU only: that is where they pay)."""
+def _cached_onnx(
+    name: str, path: Path, revision: str, backend: Backend, device: torch.device, min_agreement: float
+) -> Path | None:
+    """The ONNX file an onnx/int8 backend will run, if already made (None: torch, or not exported yet)."""
+    if backend.onnx_file is None:
+        return None
+    if device.type != "cpu":
+        raise NlpkitError(f"the {backend.name} backend runs on CPU; on {device} use torch or bf16")
     from nlpkit import onnxrt
 
-    if loaded.device.type != "cpu":
-        raise NlpkitError(f"the {loaded.backend.name} backend runs on CPU; on {loaded.device} use torch or bf16")
-    if loaded.backend.onnx_file == "int8":
-        file = onnxrt.checked_int8_model(loaded, min_agreement)
-    else:
-        file = onnxrt.exported_model(loaded)
-    return onnxrt.open_session(file, torch.get_num_threads())
+    return onnxrt.cached_model(name, path, revision, backend.onnx_file, min_agreement)
+
+
+def _skeleton(model_class: str, path: Path) -> PreTrainedModel:
+    """The model's structure and config without its weights (on the meta device): all an ONNX
+    backend needs from torch, and it saves the seconds and the memory of loading weights twice."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    head = getattr(transformers, model_class)
+    with torch.device("meta"):  # an Auto class builds through from_config, a concrete one directly
+        return head.from_config(config) if hasattr(head, "from_config") else head(config)
 
 
 @contextlib.contextmanager

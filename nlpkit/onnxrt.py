@@ -42,12 +42,12 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 _OPSET = 17  # what ONNX Runtime's transformer fusions are written against
 
 
-def cache_dir(loaded: LoadedModel) -> Path:
-    """Where this model's ONNX files go: next to it if writable, else the user's cache."""
-    beside = loaded.path / "onnx"
-    if os.access(loaded.path, os.W_OK) or (beside.is_dir() and os.access(beside, os.W_OK)):
+def cache_dir(model_dir: Path, revision: str) -> Path:
+    """Where a model's ONNX files go: next to it if writable, else the user's cache."""
+    beside = model_dir / "onnx"
+    if os.access(model_dir, os.W_OK) or (beside.is_dir() and os.access(beside, os.W_OK)):
         return beside
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nlpkit" / "onnx" / loaded.revision
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nlpkit" / "onnx" / revision
 
 
 def read_report(directory: Path, name: str, revision: str) -> dict[str, Any] | None:
@@ -65,9 +65,9 @@ def write_report(directory: Path, name: str, report: dict[str, Any]) -> None:
 
 def exported_model(loaded: LoadedModel) -> Path:
     """The optimised fp32 ONNX file for ``loaded``, exporting it on first use."""
-    directory = cache_dir(loaded)
-    if read_report(directory, EXPORT_REPORT, loaded.revision) and (directory / FP32_FILE).is_file():
-        return directory / FP32_FILE
+    directory = cache_dir(loaded.path, loaded.revision)
+    if cached := cached_model(loaded.name, loaded.path, loaded.revision, "fp32"):
+        return cached
     directory.mkdir(parents=True, exist_ok=True)
     outputs = export(loaded, directory / FP32_FILE)
     write_report(
@@ -171,21 +171,28 @@ def open_session(file: Path, threads: int) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 
-def checked_int8_model(loaded: LoadedModel, min_agreement: float) -> Path:
-    """The int8 file, if it exists for these weights and agreed with fp32 well enough when built."""
-    directory = cache_dir(loaded)
-    report = read_report(directory, INT8_REPORT, loaded.revision)
+def cached_model(name: str, model_dir: Path, revision: str, kind: str, min_agreement: float = 1.0) -> Path | None:
+    """The cached ONNX file of ``kind`` ("fp32" or "int8") for these weights, or None if fp32 is not exported yet.
+
+    An int8 file must exist (only ``nlpkit models quantize`` can make one: it needs real
+    inputs) and must have agreed with fp32 on at least ``min_agreement`` of its sample.
+    """
+    directory = cache_dir(model_dir, revision)
+    if kind == "fp32":
+        found = read_report(directory, EXPORT_REPORT, revision) and (directory / FP32_FILE).is_file()
+        return directory / FP32_FILE if found else None
+    report = read_report(directory, INT8_REPORT, revision)
     if report is None or not (directory / INT8_FILE).is_file():
         raise ModelNotFoundError(
-            f"model '{loaded.name}' has no int8 version for its current weights; make one with "
-            f"`nlpkit models quantize {loaded.name} --task TASK --data FILE` (a sample of real inputs), "
+            f"model '{name}' has no int8 version for its current weights; make one with "
+            f"`nlpkit models quantize {name} --task TASK --data FILE` (a sample of real inputs), "
             "or use --backend onnx"
         )
     if report["agreement"] < min_agreement:
         raise NlpkitError(
-            f"refusing the int8 version of '{loaded.name}': it agreed with fp32 on {report['agreement']:.1%} of "
+            f"refusing the int8 version of '{name}': it agreed with fp32 on {report['agreement']:.1%} of "
             f"{report['records']} calibration records, below the minimum {min_agreement:.1%}; re-quantize with "
-            f"`nlpkit models quantize {loaded.name} --min-agreement {min_agreement}` (it keeps more layers in "
+            f"`nlpkit models quantize {name} --min-agreement {min_agreement}` (it keeps more layers in "
             "fp32), or use --backend onnx"
         )
     return directory / INT8_FILE

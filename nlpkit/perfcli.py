@@ -153,7 +153,9 @@ def _ensure_int8(task_name: str, model: str, registry: Any, data: Path, seed: in
     from nlpkit.quantize import quantize as make_int8
 
     task = load_task(task_name, model, registry=registry)
-    if onnxrt.read_report(onnxrt.cache_dir(task.model), onnxrt.INT8_REPORT, task.model.revision):
+    if onnxrt.read_report(
+        onnxrt.cache_dir(task.model.path, task.model.revision), onnxrt.INT8_REPORT, task.model.revision
+    ):
         return
     records = _calibration_records(get_task_class(task_name), data, 512, seed)
     threshold = settings.get_fraction("min_agreement")

@@ -10,8 +10,8 @@ that one int8 scale per tensor cannot hold. So:
    with fp32 on at least ``min_agreement`` of the records, it is kept;
 3. otherwise each quantizable node is quantized alone to measure how far it moves the
    scores, and nodes are handed back to fp32 from the most sensitive down until the
-   sample agrees, or until half are back (the model then fails the gate: int8 in name
-   only is not worth having).
+   sample agrees with a margin (unseen inputs agree a little less), or until half are
+   back (the model then fails the gate: int8 in name only is not worth having).
 
 The result and its report (agreement, which nodes stayed fp32, the sample) sit in
 the model's ONNX cache; loading ``--backend int8`` reads the report and refuses a model
@@ -36,6 +36,9 @@ from nlpkit.errors import NlpkitError
 from nlpkit.tasks import Record, Task
 
 QUANTIZED_OPS = ("MatMul", "Attention")  # where int8 pays; a Gather (embedding lookup) would only lose accuracy
+# The sample aims for half the disagreement the minimum allows: on SST-2, 99.2% on 512
+# calibration sentences became 98.97% on the 872 dev sentences it had not seen.
+CALIBRATION_MARGIN = 0.5
 MAX_FP32_SHARE = 2  # keep at most 1/2 of the nodes fp32: past that int8 buys too little to call it int8
 Progress = Callable[[str], None]
 
@@ -81,17 +84,18 @@ def quantize(
         trial = _Trial(task, records, reference, fp32_file, Path(scratch))
         candidates = quantizable_nodes(fp32_file)
         kept: list[str] = []
+        target = min_agreement + (1 - min_agreement) * CALIBRATION_MARGIN
         score, file = trial.attempt(kept)
         say(f"all {len(candidates)} nodes int8: agreement {score:.2%}")
-        if score < min_agreement:
+        if score < target:
             ranked = trial.rank_by_sensitivity(candidates, say)
             for node in ranked[: len(ranked) // MAX_FP32_SHARE]:
                 kept.append(node)
                 score, file = trial.attempt(kept)
                 say(f"{len(kept)} node(s) kept fp32 ({node}): agreement {score:.2%}")
-                if score >= min_agreement:
+                if score >= target:
                     break
-        directory = onnxrt.cache_dir(task.model)
+        directory = onnxrt.cache_dir(task.model.path, task.model.revision)
         shutil.move(file, directory / onnxrt.INT8_FILE)
     report = QuantizationReport(
         agreement=score,

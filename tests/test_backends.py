@@ -95,7 +95,7 @@ def test_the_int8_gate_refuses_below_the_minimum(sentiment_copy: Path, monkeypat
     task = load_task("sentiment", str(sentiment_copy))
     report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
     with pytest.raises(NlpkitError, match="refusing the int8 version"):
-        onnxrt.checked_int8_model(task.model, report.agreement + 0.001)
+        onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
     monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
     assert load_task("sentiment", str(sentiment_copy), backend="int8").model.backend.name == "int8"
 
