@@ -117,39 +117,11 @@ def squad_questions(path: Path, limit: int, seed: int) -> list[Question]:
 
 
 def bench_model(say: Callable[[str], None]) -> Path:
-    """The default model: the starter BERT as DistilBERT with a seeded random QA head, built once and cached.
+    """The default model: the starter BERT as DistilBERT with a seeded random QA head, built once and cached."""
+    from nlpkit.benchmodels import starter_with_head
 
-    Built in a scratch directory and renamed into place, so an interrupted build never
-    leaves a half-written model that later runs would take for a finished one.
-    """
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer, DistilBertForQuestionAnswering
-
-    from nlpkit.convert import convert_bert_to_distilbert
-    from nlpkit.modeling import quiet_loading, write_metadata
-    from nlpkit.starter import starter_model_path
-    from nlpkit.throwaway_env import cache_root
-
-    target = cache_root() / "bench-models" / "qa-minilm"
-    if (target / "config.json").is_file():
-        return target
-    say(f"building the benchmark QA model in {target} (once)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".qa-minilm-", dir=target.parent))
-    try:
-        base = convert_bert_to_distilbert(starter_model_path(), scratch / "base")
-        torch.manual_seed(HEAD_SEED)
-        with quiet_loading():
-            model = DistilBertForQuestionAnswering.from_pretrained(base)
-            model.save_pretrained(scratch / "qa")
-        AutoTokenizer.from_pretrained(base).save_pretrained(scratch / "qa")
-        write_metadata(scratch / "qa", untrained_head=f"random QA head, torch.manual_seed({HEAD_SEED})")
-        (scratch / "qa").rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    say("the benchmark QA model (built once under ~/.cache/nlpkit/bench-models)")
+    return starter_with_head("qa-minilm", "DistilBertForQuestionAnswering", seed=HEAD_SEED)
 
 
 def run_variants(

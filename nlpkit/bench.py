@@ -85,7 +85,8 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
     records = [example.record for example in plan.examples]
     with tempfile.TemporaryDirectory(prefix="nlpkit-bench-") as scratch:
         records_file = Path(scratch) / "records.jsonl"
-        records_file.write_text("".join(json.dumps(dict(r.fields), ensure_ascii=False) + "\n" for r in records))
+        # ASCII escapes: a review's U+2028 must not end its line where the reader splits lines
+        records_file.write_text("".join(json.dumps(dict(r.fields)) + "\n" for r in records))
         common = {
             "task": plan.task,
             "model": plan.model,

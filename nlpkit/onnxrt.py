@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ def export(loaded: LoadedModel, destination: Path) -> list[str]:
     sample, mask = _dummy_inputs(loaded, 8)
     names, axes = _output_axes(eager, loaded)
     raw = destination.with_suffix(".raw.onnx")
-    with warnings.catch_warnings(), _quiet_torch_onnx():
+    with warnings.catch_warnings(), quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _TensorOutputs(eager, names),
@@ -148,9 +149,10 @@ def _output_axes(model: torch.nn.Module, loaded: LoadedModel) -> tuple[list[str]
 
 
 @contextlib.contextmanager
-def _quiet_torch_onnx() -> Any:
-    """The exporter logs shape-inference chatter at WARNING; a user exporting once needs none of it."""
-    logger = logging.getLogger("torch.onnx")
+def quiet_logger(name: str | None) -> Iterator[None]:
+    """Only errors from logger ``name`` for a block: the exporter and the quantizer log advice at
+    WARNING that is about their internals, not anything a user could act on."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

@@ -138,11 +138,18 @@ class _Trial:
         self._count = 0
 
     def file(self, kept_fp32: Sequence[str], only: Sequence[str] | None = None) -> Path:
+        self._count += 1
+        destination = self.scratch / f"trial-{self._count}.onnx"
+        with onnxrt.quiet_logger(
+            None
+        ):  # the root logger; it advises a pre-processing step that would undo the fused graph
+            self._quantize(destination, kept_fp32, only)
+        return destination
+
+    def _quantize(self, destination: Path, kept_fp32: Sequence[str], only: Sequence[str] | None) -> None:
         from onnx import TensorProto
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        self._count += 1
-        destination = self.scratch / f"trial-{self._count}.onnx"
         quantize_dynamic(
             self.fp32_file,
             destination,
@@ -154,7 +161,6 @@ class _Trial:
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": TensorProto.FLOAT},  # types of fused ops' outputs
         )
-        return destination
 
     def outputs(self, file: Path) -> list[dict[str, Any] | None]:
         session = onnxrt.open_session(file, self._threads())

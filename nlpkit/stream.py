@@ -49,7 +49,7 @@ class WorkerConfig:
     bootstrap_servers: str
     # Messages per poll and per transaction. Larger polls let the engine sort more texts by
     # length: on 1,000 IMDb reviews, 256 reached 0.88 of the engine's own throughput where 64
-    # reached 0.75 (benchmarks/sentiment_throughput.py), while a poll of 256 long reviews
+    # reached 0.75 (measured as `nlpkit bench` does), while a poll of 256 long reviews
     # still takes seconds, far inside max.poll.interval.ms.
     batch_size: int = 256
     poll_timeout: float = 1.0

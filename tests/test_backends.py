@@ -127,9 +127,10 @@ def test_bench_times_pipelines_engines_and_the_stream(
 ) -> None:
     data = tmp_path / "reviews.tsv"
     draw = random.Random(4)
-    data.write_text("text\tlabel\n" + "".join(f"{t}\t{draw.randint(0, 1)}\n" for t in sentences(60, seed=4)))
+    texts = [*sentences(59, seed=4), "a line\u2028separator inside a review"]  # must not split a record in two
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{draw.randint(0, 1)}\n" for t in texts))
     command = [sys.executable, "-m", "nlpkit", "bench", "sentiment", "--model", str(sentiment_copy)]
-    command += ["--data", str(data), "--limit", "48", "--backend", "torch", "--backend", "onnx", "--backend", "int8"]
+    command += ["--data", str(data), "--limit", "60", "--backend", "torch", "--backend", "onnx", "--backend", "int8"]
     command += ["--bootstrap-servers", kafka_broker.bootstrap_servers, "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
