@@ -55,7 +55,7 @@ class BenchPlan:
     bootstrap_servers: str | None = None
     max_length: int | None = None
     batch_size: int = 32
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None  # the engine's default for the device
     options: dict[str, Any] = field(default_factory=dict)
 
 

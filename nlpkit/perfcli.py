@@ -86,7 +86,7 @@ def quantize(
     "--calibration-data", type=data_file, help="Inputs to make the int8 model from, if it is missing [--data]."
 )
 @click.option("--batch-size", default=32, show_default=True, help="Most sequences per engine batch.")
-@click.option("--max-batch-tokens", default=16384, show_default=True, help="Padded-token budget per engine batch.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), help="Padded-token budget per engine batch [2048 CPU].")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads [usable CPUs, or NLPKIT_THREADS].")
 @click.option("--no-pipeline", is_flag=True, help="Skip the transformers pipeline baselines.")
 @click.option("--no-stream", is_flag=True, help="Skip the streaming run (it starts a local Kafka broker).")
