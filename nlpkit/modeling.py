@@ -76,16 +76,17 @@ def available_cpus() -> int:
     return max(1, min(count, quota)) if quota else count
 
 
-def _cgroup_cpu_quota() -> int | None:
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole CPUs a container's quota allows (cgroup v2 ``cpu.max``, else v1 CFS files), or None."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = (root / "cpu.max").read_text().split()
         if quota != "max":
             return max(1, int(int(quota) / int(period)))
     except (OSError, ValueError):
         pass
     try:
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         if quota_us > 0:
             return max(1, quota_us // period_us)
     except (OSError, ValueError):
