@@ -79,7 +79,8 @@ def main() -> None:
         run_child(*args.child)
         return
 
-    from nlpkit.modeling import available_cpus, read_metadata
+    from nlpkit.modelfiles import read_metadata
+    from nlpkit.threads import available_cpus
 
     say = console(stderr=True).print
     threads = args.threads or available_cpus()
@@ -186,7 +187,7 @@ def _cached_onnx(model_dir: Path, file: str, report: str) -> bool:
     the variant fail, which the report shows as skipped with the loader's reason.
     """
     from nlpkit import onnxrt
-    from nlpkit.modeling import model_revision
+    from nlpkit.modelfiles import model_revision
     from nlpkit.throwaway_env import cache_root
 
     revision = model_revision(model_dir)

@@ -134,6 +134,7 @@ def parse_args() -> argparse.Namespace:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="model directory or registered name [a tiny random model]")
     model.add_argument("--starter", action="store_true", help=f"the converted starter model (cached in {STARTER_DIR})")
+    parser.add_argument("--backend", default="torch", help="the workers' --backend (torch, onnx, int8, ...) [torch]")
     database = parser.add_mutually_exclusive_group()
     database.add_argument("--database-url", help="use this database [a fresh SQLite file]")
     database.add_argument("--postgres", action="store_true", help="start a local PostgreSQL server for the run")
@@ -211,7 +212,7 @@ def database_url(args: argparse.Namespace, run_dir: Path, stack: ExitStack) -> s
 # --- workers ---------------------------------------------------------------------------------------------------
 
 
-def start_workers(model: Path, url: str, bootstrap: str, topic: str, run_dir: Path) -> list[Worker]:
+def start_workers(model: Path, backend: str, url: str, bootstrap: str, topic: str, run_dir: Path) -> list[Worker]:
     env = {**os.environ, "NLPKIT_THREADS": "1"}
     workers = []
     for number, port in enumerate(free_ports(WORKERS), start=1):
@@ -219,7 +220,7 @@ def start_workers(model: Path, url: str, bootstrap: str, topic: str, run_dir: Pa
         command = [
             sys.executable, "-m", "nlpkit", "--database-url", url, "consume", "--topic", topic,
             "--task", "sentiment", "--group", topic, "--model", str(model), "--bootstrap-servers", bootstrap,
-            "--metrics-port", str(port),
+            "--backend", backend, "--metrics-port", str(port),
         ]  # fmt: skip
         with log.open("w") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -594,7 +595,7 @@ def main() -> int:
     model, model_label = prepare_model(args, run_dir)
     rate = args.rate or (MODEL_RATE if args.model or args.starter else TINY_RATE)
     config = {
-        "model": model_label, "model_dir": str(model), "rate": rate, "minutes": args.minutes,
+        "model": model_label, "model_dir": str(model), "backend": args.backend, "rate": rate, "minutes": args.minutes,
         "partitions": args.partitions, "workers": WORKERS, "threads_per_worker": 1,
         "sample_seconds": args.sample_seconds, "warmup_seconds": args.warmup_seconds, "max_growth": args.max_growth,
         "max_chars": args.max_chars, "data": str(args.data),
@@ -623,7 +624,7 @@ def run(
         config["database"] = database.engine.dialect.name
         topic = config["topic"] = f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
         create_topic(bootstrap, topic, partitions=args.partitions)
-        workers = start_workers(model, url, bootstrap, topic, run_dir)
+        workers = start_workers(model, args.backend, url, bootstrap, topic, run_dir)
         stack.callback(stop_workers, workers, 10)  # for an early exit; a no-op once they are stopped
         wait_for_members(workers, bootstrap, topic, args.partitions, timeout=300)
         console.print(f"topic {topic}, {len(texts):,} texts from {args.data}, {config['rate']:g} msg/s, in {run_dir}")

@@ -21,12 +21,12 @@ class Backend:
     autocast_dtype: str | None = None  # a torch dtype's name
     onnx_file: str | None = None  # which cached ONNX model runs it; None runs the torch model
 
-    def autocast(self, device: Any) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         import torch
 
-        return torch.autocast(device_type=device.type, dtype=getattr(torch, self.autocast_dtype))
+        return torch.autocast(device_type=device_type, dtype=getattr(torch, self.autocast_dtype))
 
 
 BACKENDS = {

@@ -25,7 +25,8 @@ def starter_with_head(name: str, head_class: str, labels: list[str] | None = Non
     from transformers import AutoTokenizer
 
     from nlpkit.convert import convert_bert_to_distilbert
-    from nlpkit.modeling import quiet_loading, write_metadata
+    from nlpkit.modelfiles import write_metadata
+    from nlpkit.modeling import quiet_loading
     from nlpkit.starter import starter_model_path
 
     target = cache_root() / "bench-models" / name

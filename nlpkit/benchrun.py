@@ -39,7 +39,7 @@ def comparable(output: dict[str, Any] | None) -> Any:
 
 
 def main(spec_file: str, result_file: str) -> None:
-    from nlpkit.modeling import configure_threads
+    from nlpkit.threads import configure_threads
 
     spec = json.loads(Path(spec_file).read_text())
     configure_threads(spec["threads"])
@@ -108,13 +108,12 @@ def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
 
 def work(task: Any, records: Sequence[Record]) -> dict[str, float]:
     """Real (unpadded) tokens and the matmul FLOPs they need, from the task's own windows."""
-    config = task.model.model.config
-    width = int(config.hidden_size)
-    ffn = int(getattr(config, "hidden_dim", 0) or getattr(config, "intermediate_size", 4 * width))
-    layers = int(config.num_hidden_layers)
+    from nlpkit.modelfiles import ModelShape
+
+    shape = ModelShape.of(task.model.config)
     lengths = [len(window.input_ids) for windows in task.windows(records) for window in windows]
-    linear = 2 * (4 * width * width + 2 * width * ffn)  # q, k, v, out projections and the two FFN layers
-    flops = layers * sum(n * linear + 4 * n * n * width for n in lengths)  # + scores and weighted values
+    linear = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.ffn)  # q, k, v, out projections and the FFN
+    flops = shape.layers * sum(n * linear + 4 * n * n * shape.hidden for n in lengths)  # + scores, weighted values
     return {"tokens": float(sum(lengths)), "flops": float(flops)}
 
 

@@ -284,11 +284,11 @@ def consume(
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
     from nlpkit.engine import Engine
-    from nlpkit.modeling import configure_threads
     from nlpkit.monitoring import MonitoringServer, WorkerMetrics
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
     from nlpkit.stream import Worker, WorkerConfig
+    from nlpkit.threads import configure_threads
 
     logging.getLogger("nlpkit").setLevel(logging.INFO)
     database = state.database()
@@ -456,7 +456,7 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
         raise NlpkitError(f"cannot convert {source}: {exc}") from exc
     stderr.print(f"wrote a DistilBERT checkpoint to {dest}")
     if name:
-        from nlpkit.modeling import model_revision
+        from nlpkit.modelfiles import model_revision
 
         state.database().register_model(
             name=name, task="base", path=dest, revision=model_revision(dest), base_model=str(source_path)

@@ -30,7 +30,8 @@ from transformers import (
 from transformers.activations import ACT2FN
 
 from nlpkit.errors import NlpkitError
-from nlpkit.modeling import WEIGHT_FILES, quiet_loading, write_metadata
+from nlpkit.modelfiles import WEIGHT_FILES, write_metadata
+from nlpkit.modeling import quiet_loading
 
 # DistilBERT hard-codes this in every LayerNorm; its config has no field for it.
 DISTILBERT_LAYER_NORM_EPS = 1e-12

@@ -64,7 +64,7 @@ class Engine:
     ) -> None:
         self.task = task
         self.loaded = task.model
-        device = self.loaded.device.type
+        device = self.loaded.device_type
         self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(
             device, DEFAULT_MAX_BATCH_TOKENS["cuda"]
         )

@@ -1,10 +1,7 @@
-"""ONNX Runtime for the ``onnx`` and ``int8`` backends: export once, cache beside the model, open fast.
+"""ONNX Runtime for the ``onnx`` and ``int8`` backends: the cached files, and sessions that run them.
 
-The export goes through torch's TorchScript exporter with eager attention, because
-that is the graph ONNX Runtime's transformer optimizer recognises: it fuses each
-layer's attention, the embeddings with their LayerNorm, bias+GELU and
-residual+LayerNorm into single kernels. The newer dynamo exporter produces a graph in
-which attention is not fused, and runs ~15% slower here.
+Exporting needs torch (:mod:`nlpkit.onnxexport`) and happens once per weights;
+everything here runs without it, so a worker on an ONNX backend never imports torch.
 
 Files live in ``MODEL_DIR/onnx/`` (or, when the model directory is read-only, in
 ``~/.cache/nlpkit/onnx/REVISION/``) and carry the weights' revision, so retraining a
@@ -17,30 +14,23 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import transformers
 
 from nlpkit.errors import ModelNotFoundError, NlpkitError
+from nlpkit.hardware import has_vnni
 
 if TYPE_CHECKING:
     import onnxruntime
-
-    from nlpkit.modeling import LoadedModel
-
-log = logging.getLogger(__name__)
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT = "export.json"
 INT8_REPORT = "int8.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
-_OPSET = 17  # what ONNX Runtime's transformer fusions are written against
 
 
 def cache_dir(model_dir: Path, revision: str) -> Path:
@@ -61,91 +51,10 @@ def read_report(directory: Path, name: str, revision: str) -> dict[str, Any] | N
 
 
 def write_report(directory: Path, name: str, report: dict[str, Any]) -> None:
-    (directory / name).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-
-
-def exported_model(loaded: LoadedModel) -> Path:
-    """The optimised fp32 ONNX file for ``loaded``, exporting it on first use."""
-    directory = cache_dir(loaded.path, loaded.revision)
-    if cached := cached_model(loaded.name, loaded.path, loaded.revision, "fp32"):
-        return cached
-    directory.mkdir(parents=True, exist_ok=True)
-    outputs = export(loaded, directory / FP32_FILE)
-    write_report(
-        directory,
-        EXPORT_REPORT,
-        {"revision": loaded.revision, "outputs": outputs, "torch": torch.__version__, "opset": _OPSET},
-    )
-    return directory / FP32_FILE
-
-
-class _TensorOutputs(torch.nn.Module):
-    """The model with its ModelOutput flattened to the tensors the tasks read, in a fixed order."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return tuple(output[name] for name in self.names)
-
-
-def export(loaded: LoadedModel, destination: Path) -> list[str]:
-    """Export, then fuse with ONNX Runtime's transformer optimizer; returns the output names."""
-    from onnxruntime.transformers import optimizer
-
-    eager = getattr(transformers, type(loaded.model).__name__).from_pretrained(loaded.path, attn_implementation="eager")
-    eager.eval()
-    sample, mask = _dummy_inputs(loaded, 8)
-    names, axes = _output_axes(eager, loaded)
-    raw = destination.with_suffix(".raw.onnx")
-    with warnings.catch_warnings(), quiet_logger("torch.onnx"):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _TensorOutputs(eager, names),
-            (sample, mask),
-            str(raw),
-            input_names=list(INPUT_NAMES),
-            output_names=names,
-            dynamic_axes=axes,
-            opset_version=_OPSET,
-            dynamo=False,
-        )
-    config = loaded.model.config
-    fused = optimizer.optimize_model(
-        str(raw),
-        model_type="bert",
-        num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size),
-        opt_level=0,  # fusions only; the session applies the hardware-specific graph optimisations
-    )
-    fused.save_model_to_file(str(destination))
-    raw.unlink()
-    log.info("exported %s to %s (%s)", loaded.name, destination, fused.get_fused_operator_statistics())
-    return names
-
-
-def _dummy_inputs(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((2, length), loaded.tokenizer.unk_token_id or 100, dtype=torch.long)
-    return ids, torch.ones_like(ids)
-
-
-def _output_axes(model: torch.nn.Module, loaded: LoadedModel) -> tuple[list[str], dict[str, dict[int, str]]]:
-    """The tensor outputs and which of their axes follow the sequence length, found by running two lengths.
-
-    A classification head's logits are (batch, labels) and a token head's (batch,
-    tokens, labels): only trying tells which axis moves with the input.
-    """
-    with torch.inference_mode():
-        short, long = (model(*_dummy_inputs(loaded, length)) for length in (8, 9))  # (input_ids, attention_mask)
-    names = [key for key, value in short.items() if isinstance(value, torch.Tensor)]
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    for name in names:
-        moving = {axis for axis in range(1, short[name].dim()) if short[name].shape[axis] != long[name].shape[axis]}
-        axes[name] = {0: "batch"} | {axis: "sequence" for axis in moving}
-    return names, axes
+    """Write a report whole or not at all: another process may be reading the cache."""
+    staged = directory / f".{name}.{os.getpid()}"
+    staged.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    os.replace(staged, directory / name)
 
 
 @contextlib.contextmanager
@@ -162,7 +71,7 @@ def quiet_logger(name: str | None) -> Iterator[None]:
 
 
 def open_session(file: Path, threads: int) -> onnxruntime.InferenceSession:
-    """A CPU session with every graph optimisation on and torch's thread count."""
+    """A CPU session with every graph optimisation on, running on ``threads`` threads."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -189,6 +98,12 @@ def cached_model(name: str, model_dir: Path, revision: str, kind: str, min_agree
             f"model '{name}' has no int8 version for its current weights; make one with "
             f"`nlpkit models quantize {name} --task TASK --data FILE` (a sample of real inputs), "
             "or use --backend onnx"
+        )
+    if not report.get("reduce_range") and not has_vnni():
+        raise NlpkitError(
+            f"the int8 version of '{name}' was quantized for CPUs with VNNI (8-bit weights), and this CPU has "
+            f"none: its int8 sums could overflow; re-quantize it here with `nlpkit models quantize {name} "
+            "--task TASK --data FILE`, or use --backend onnx"
         )
     if report["agreement"] < min_agreement:
         raise NlpkitError(

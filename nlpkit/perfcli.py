@@ -46,10 +46,10 @@ def quantize(
     stay fp32 until at least --min-agreement of the calibration records get the same
     answer as fp32. The result is cached beside the model.
     """
-    from nlpkit.modeling import configure_threads
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import get_task_class
     from nlpkit.quantize import quantize as make_int8
+    from nlpkit.threads import configure_threads
 
     configure_threads()
     threshold = settings.get_fraction("min_agreement", None if min_agreement is None else str(min_agreement))
@@ -99,9 +99,10 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     from contextlib import ExitStack
 
     from nlpkit import bench as benchmark
-    from nlpkit.modeling import configure_threads, resolve_model_path
+    from nlpkit.modelfiles import resolve_model_path
     from nlpkit.pipelines import ModelRegistry
     from nlpkit.plugins import get_task_class
+    from nlpkit.threads import configure_threads
 
     task_class = get_task_class(task_name)
     registry = ModelRegistry(state.database(check=False))

@@ -6,6 +6,8 @@ that one int8 scale per tensor cannot hold. So:
 
 1. weights are int8 per output channel, activations uint8 with a scale computed per
    batch at run time (VNNI does u8 x s8), embeddings and the classifier head stay fp32;
+   on a CPU without VNNI the weights get 7 bits, because AVX2 kernels add pairs of
+   u8 x s8 products in 16 bits, which full 8-bit weights can overflow;
 2. the fully quantized model is tried on a calibration sample; if its decisions agree
    with fp32 on at least ``min_agreement`` of the records, it is kept;
 3. otherwise each quantizable node is quantized alone to measure how far it moves the
@@ -20,6 +22,7 @@ below the minimum.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -33,7 +36,10 @@ from nlpkit.agreement import agreement, distance
 from nlpkit.backends import BACKENDS
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import NlpkitError
+from nlpkit.hardware import has_vnni
+from nlpkit.onnxexport import exported_model
 from nlpkit.tasks import Record, Task
+from nlpkit.threads import thread_count
 
 QUANTIZED_OPS = ("MatMul", "Attention")  # where int8 pays; a Gather (embedding lookup) would only lose accuracy
 # The sample aims for half the disagreement the minimum allows: on SST-2, 99.2% on 512
@@ -51,6 +57,7 @@ class QuantizationReport:
     quantized: int
     seconds: float
     data: str
+    reduce_range: bool  # 7-bit weights, safe on CPUs without VNNI
 
     @property
     def as_json(self) -> dict[str, Any]:
@@ -61,6 +68,7 @@ class QuantizationReport:
             "quantized": self.quantized,
             "seconds": round(self.seconds, 1),
             "data": self.data,
+            "reduce_range": self.reduce_range,
         }
 
 
@@ -78,7 +86,7 @@ def quantize(
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     say("exporting the fp32 ONNX model")
-    fp32_file = onnxrt.exported_model(task.model)
+    fp32_file = exported_model(task.model)
     reference = _outputs(task, records)
     with tempfile.TemporaryDirectory() as scratch:
         trial = _Trial(task, records, reference, fp32_file, Path(scratch))
@@ -96,7 +104,9 @@ def quantize(
                 if score >= target:
                     break
         directory = onnxrt.cache_dir(task.model.path, task.model.revision)
-        shutil.move(file, directory / onnxrt.INT8_FILE)
+        staged = directory / f".{onnxrt.INT8_FILE}.{os.getpid()}"
+        shutil.move(file, staged)  # then one rename: a worker loading the model never sees half a file
+        os.replace(staged, directory / onnxrt.INT8_FILE)
     report = QuantizationReport(
         agreement=score,
         records=len(records),
@@ -104,6 +114,7 @@ def quantize(
         quantized=len(candidates) - len(kept),
         seconds=time.perf_counter() - started,
         data=data,
+        reduce_range=trial.reduce_range,
     )
     onnxrt.write_report(
         directory,
@@ -135,6 +146,8 @@ class _Trial:
         self.reference = reference
         self.fp32_file = fp32_file
         self.scratch = scratch
+        # 7-bit weights where this CPU lacks VNNI: its 16-bit intermediate sums could overflow with 8.
+        self.reduce_range = not has_vnni()
         self._count = 0
 
     def file(self, kept_fp32: Sequence[str], only: Sequence[str] | None = None) -> Path:
@@ -157,13 +170,13 @@ class _Trial:
             nodes_to_quantize=list(only or []),
             nodes_to_exclude=list(kept_fp32),
             per_channel=True,
-            reduce_range=False,  # VNNI multiplies u8 x s8 without the 16-bit overflow that older CPUs need 7 bits for
+            reduce_range=self.reduce_range,
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": TensorProto.FLOAT},  # types of fused ops' outputs
         )
 
     def outputs(self, file: Path) -> list[dict[str, Any] | None]:
-        session = onnxrt.open_session(file, self._threads())
+        session = onnxrt.open_session(file, thread_count())
         model = replace(self.task.model, backend=BACKENDS["int8"], session=session)
         return _outputs(type(self.task)(model, **self.task.settings), self.records)
 
@@ -178,9 +191,3 @@ class _Trial:
             moved[node] = distance(self.reference, self.outputs(self.file([], only=[node])))
             say(f"sensitivity {index}/{len(nodes)}: {node} {moved[node]:.5f}")
         return sorted(nodes, key=moved.__getitem__, reverse=True)
-
-    @staticmethod
-    def _threads() -> int:
-        import torch
-
-        return torch.get_num_threads()

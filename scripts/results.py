@@ -146,8 +146,8 @@ def students(report: Report, work: Path) -> None:
 def measure_students(names: dict[str, list[str]]) -> None:
     """Accuracy and best-of-3 engine throughput on SST-2 dev for the teacher and every student."""
     from nlpkit.engine import Engine
-    from nlpkit.modeling import configure_threads
     from nlpkit.pipelines import load_task
+    from nlpkit.threads import configure_threads
     from nlpkit_plugins.sentiment import SentimentTask
 
     configure_threads()

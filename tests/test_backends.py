@@ -73,6 +73,26 @@ def test_the_export_is_cached_beside_the_model_and_redone_for_new_weights(sentim
     assert exported.stat().st_mtime_ns != first
 
 
+def test_a_worker_on_the_onnx_backend_never_imports_torch(sentiment_copy: Path) -> None:
+    """The PyPI build of torch costs about 530 MB of RSS on import alone: an ONNX worker must not pay it."""
+    texts = sentences(30, seed=5)
+    expected = [p.output for p in Engine(load_task("sentiment", str(sentiment_copy), backend="onnx")).predict(
+        [Record({"text": t}) for t in texts]
+    )]  # fmt: skip  # this process exports the ONNX file: the one step that needs torch
+    code = (
+        "import json, sys\n"
+        "import nlpkit.cli\n"
+        "from nlpkit.harness import run_through_worker\n"
+        f"run = run_through_worker('sentiment', {str(sentiment_copy)!r}, {texts!r}, backend='onnx')\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'outputs': run.outputs}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False
+    assert [output["label"] for output in result["outputs"]] == [output["label"] for output in expected]
+    assert distance(expected, result["outputs"]) < 1e-5
+
+
 def test_int8_needs_quantize_first(sentiment_copy: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="nlpkit models quantize"):
         load_task("sentiment", str(sentiment_copy), backend="int8")

@@ -81,7 +81,7 @@ def test_db_upgrade_current_history_downgrade(nlpkit):
 
 def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home):
     from nlpkit import settings
-    from nlpkit.modeling import model_revision
+    from nlpkit.modelfiles import model_revision
     from nlpkit.store import Database
 
     nlpkit("db", "upgrade")

@@ -59,6 +59,8 @@ def test_long_windows_batch_within_the_attention_budget(task):
     batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
     # 4 x 100^2 fills the budget; the third batch's two short windows pad to 100; the rest fit in one.
     assert [len(batch) for batch in batches] == [4, 4, 4, 58]
+
+
 class ExplodingTask(SentimentTask):
     """Fails in the model for any text containing 'boom', the way a poison record would."""
 

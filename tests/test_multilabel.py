@@ -15,7 +15,8 @@ from nlpkit.cli import build_cli
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError
 from nlpkit.metrics import multilabel_f1
-from nlpkit.modeling import load_model, read_metadata
+from nlpkit.modelfiles import read_metadata
+from nlpkit.modeling import load_model
 from nlpkit.tasks import Prediction, Record
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.multilabel import MultilabelTask

@@ -11,7 +11,8 @@ import pytest
 from nlpkit import metrics
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.modeling import load_model, weights_digest
+from nlpkit.modelfiles import weights_digest
+from nlpkit.modeling import load_model
 from nlpkit.tasks import Example, Prediction, Record
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.qa import QaTask

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from nlpkit.cli import build_cli
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.modeling import load_model, read_metadata
+from nlpkit.modelfiles import read_metadata
+from nlpkit.modeling import load_model
 from nlpkit.store import TrainingRunRow
 from nlpkit.tasks import Record
 from nlpkit.testing import save_tiny_distilbert

@@ -22,7 +22,7 @@ def tune_thresholds(state: CliState, model: str, data: Path) -> None:
     from tqdm import tqdm
 
     from nlpkit.engine import Engine
-    from nlpkit.modeling import write_metadata
+    from nlpkit.modelfiles import write_metadata
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit_plugins.multilabel.task import MultilabelTask
     from nlpkit_plugins.multilabel.thresholds import tune_thresholds as tune

@@ -27,18 +27,11 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DistilBertForMaskedLM
 
 from nlpkit import settings
+from nlpkit.backends import get_backend
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.evaluation import evaluate
-from nlpkit.modeling import (
-    LoadedModel,
-    get_backend,
-    max_input_length,
-    native_bf16,
-    pick_device,
-    quiet_loading,
-    resolve_model_path,
-    write_metadata,
-)
+from nlpkit.modelfiles import resolve_model_path, write_metadata
+from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
@@ -124,16 +117,7 @@ class _Run:
         return resolve_model_path(ref, self.lookup)[1]
 
     def loaded(self, model: Any, tokenizer: Any, path: Path) -> LoadedModel:
-        return LoadedModel(
-            self.config.name,
-            "training",
-            path,
-            model,
-            tokenizer,
-            max_input_length(model, tokenizer),
-            self.backend,
-            self.accelerator.device,
-        )
+        return LoadedModel.from_torch(self.config.name, path, model, tokenizer, self.backend, self.accelerator.device)
 
     def train(
         self,

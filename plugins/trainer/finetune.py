@@ -21,17 +21,10 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from nlpkit import settings
+from nlpkit.backends import get_backend
 from nlpkit.evaluation import evaluate
-from nlpkit.modeling import (
-    LoadedModel,
-    get_backend,
-    max_input_length,
-    native_bf16,
-    pick_device,
-    quiet_loading,
-    resolve_model_path,
-    write_metadata,
-)
+from nlpkit.modelfiles import resolve_model_path, write_metadata
+from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
@@ -121,16 +114,8 @@ def _task_with_new_head(
         model = getattr(transformers, task_class.model_class).from_pretrained(
             base_path, ignore_mismatched_sizes=True, **head_config
         )
-    loaded = LoadedModel(
-        name=config.name,
-        revision="training",
-        path=base_path,
-        model=model,
-        tokenizer=tokenizer,
-        max_length=max_input_length(model, tokenizer),
-        backend=get_backend("bf16" if use_bf16 else "torch"),
-        device=accelerator.device,
-    )
+    backend = get_backend("bf16" if use_bf16 else "torch")
+    loaded = LoadedModel.from_torch(config.name, base_path, model, tokenizer, backend, accelerator.device)
     return task_class(loaded, **task_class.evaluation_options)
 
 

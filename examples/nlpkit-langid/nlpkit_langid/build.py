@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from nlpkit.modeling import quiet_loading, write_metadata
+from nlpkit.modelfiles import write_metadata
+from nlpkit.modeling import quiet_loading
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
 
