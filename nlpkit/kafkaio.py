@@ -26,6 +26,18 @@ Outgoing = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None,
 CLIENT_LOG = logging.getLogger("nlpkit.kafka")
 
 
+class _RoutineRetries(logging.Filter):
+    """Drops librdkafka's notice that a broker which has just started is still loading its
+    transaction coordinator: the idempotent producer retries by itself within a second, so the
+    line (printed once after every broker start) is noise, not something to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Coordinator load in progress" not in record.getMessage()
+
+
+CLIENT_LOG.addFilter(_RoutineRetries())
+
+
 def client_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for every nlpkit client: the configured pass-through properties
     (SASL, SSL, ...; see :func:`nlpkit.settings.kafka_settings`), then ``overrides``."""

