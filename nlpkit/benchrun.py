@@ -107,14 +107,35 @@ def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
 
 
 def work(task: Any, records: Sequence[Record]) -> dict[str, float]:
-    """Real (unpadded) tokens and the matmul FLOPs they need, from the task's own windows."""
+    """Real (unpadded) tokens, and the matmul FLOPs they need: in the whole model (``full_flops``,
+    what a pipeline computes) and in what the engine runs (``flops``: a sequence classifier's
+    last layer computes the first token only, :mod:`nlpkit.firsttoken`)."""
     from nlpkit.modelfiles import ModelShape
 
-    shape = ModelShape.of(task.model.config)
+    shape = ShapeFlops(ModelShape.of(task.model.config))
     lengths = [len(window.input_ids) for windows in task.windows(records) for window in windows]
-    linear = 2 * (4 * shape.hidden**2 + 2 * shape.hidden * shape.ffn)  # q, k, v, out projections and the FFN
-    flops = shape.layers * sum(n * linear + 4 * n * n * shape.hidden for n in lengths)  # + scores, weighted values
-    return {"tokens": float(sum(lengths)), "flops": float(flops)}
+    full = sum(shape.layer(n) for n in lengths) * shape.layers
+    if task.model.first_token_only:
+        engine = sum(shape.layer(n) * (shape.layers - 1) + shape.first_token_layer(n) for n in lengths)
+    else:
+        engine = full
+    return {"tokens": float(sum(lengths)), "flops": float(engine), "full_flops": float(full)}
+
+
+class ShapeFlops:
+    """Matrix-multiply FLOPs of one encoder layer for a window of ``n`` tokens."""
+
+    def __init__(self, shape: Any) -> None:
+        self.hidden, self.ffn, self.layers = shape.hidden, shape.ffn, shape.layers
+
+    def layer(self, n: int) -> int:
+        linear = 2 * (4 * self.hidden**2 + 2 * self.hidden * self.ffn)  # q, k, v, out projections and the FFN
+        return n * linear + 4 * n * n * self.hidden  # + attention scores and weighted values
+
+    def first_token_layer(self, n: int) -> int:
+        keys_values = n * 2 * 2 * self.hidden**2
+        one_token = 2 * (2 * self.hidden**2 + 2 * self.hidden * self.ffn)  # its query, out projection and FFN
+        return keys_values + one_token + 4 * n * self.hidden
 
 
 def _pipeline(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:

@@ -55,6 +55,7 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)  # the model directory's nlpkit.json
     model: Any = None  # the torch module (torch backends)
     session: Any = None  # the ONNX Runtime session (onnx and int8 backends)
+    first_token_only: bool = False  # a sequence classifier's last layer computes [CLS] only (nlpkit.firsttoken)
 
     @classmethod
     def from_torch(
@@ -163,16 +164,19 @@ def _open_onnx(loaded: LoadedModel, device: str, min_agreement: float) -> None:
 
     if device not in ("auto", "cpu"):
         raise NlpkitError(f"the {loaded.backend.name} backend runs on CPU; on {device} use torch or bf16")
-    file = onnxrt.cached_model(loaded.name, loaded.path, loaded.revision, loaded.backend.onnx_file, min_agreement)
-    if file is None:  # fp32, not exported yet: the one time an ONNX backend needs torch
+    graph = onnxrt.cached_model(loaded.name, loaded.path, loaded.revision, loaded.backend.onnx_file, min_agreement)
+    if graph is None:  # fp32, not exported yet: the one time an ONNX backend needs torch
         from nlpkit.onnxexport import exported_model
 
-        file = exported_model(loaded)
-    loaded.session = onnxrt.open_session(file, thread_count())
+        graph = exported_model(loaded)
+    loaded.session = onnxrt.open_session(graph.path, thread_count())
+    loaded.first_token_only = graph.first_token_only
 
 
 def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
     import transformers
+
+    from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
 
     apply_to_torch()
     chosen = pick_device(device)
@@ -181,6 +185,9 @@ def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
             model = getattr(transformers, loaded.model_class).from_pretrained(loaded.path)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{ref}' from {loaded.path}: {exc}") from exc
+    if reads_first_token_only(type(model).__name__):
+        compute_first_token_only(model)
+        loaded.first_token_only = True
     loaded.model = model.eval().to(chosen)
     loaded.device = str(chosen)
 

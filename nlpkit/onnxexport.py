@@ -19,8 +19,18 @@ from typing import TYPE_CHECKING
 import torch
 import transformers
 
+from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
 from nlpkit.modelfiles import ModelShape
-from nlpkit.onnxrt import EXPORT_REPORT, FP32_FILE, INPUT_NAMES, cache_dir, cached_model, quiet_logger, write_report
+from nlpkit.onnxrt import (
+    EXPORT_REPORT,
+    FP32_FILE,
+    INPUT_NAMES,
+    CachedGraph,
+    cache_dir,
+    cached_model,
+    quiet_logger,
+    write_report,
+)
 
 if TYPE_CHECKING:
     from nlpkit.modeling import LoadedModel
@@ -30,7 +40,7 @@ log = logging.getLogger(__name__)
 _OPSET = 17  # what ONNX Runtime's transformer fusions are written against
 
 
-def exported_model(loaded: LoadedModel) -> Path:
+def exported_model(loaded: LoadedModel) -> CachedGraph:
     """The optimised fp32 ONNX file for ``loaded``, exporting it on first use."""
     if cached := cached_model(loaded.name, loaded.path, loaded.revision, "fp32"):
         return cached
@@ -39,14 +49,17 @@ def exported_model(loaded: LoadedModel) -> Path:
     # Workers started together may all export: each in a scratch directory, then one atomic rename.
     with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as scratch:
         staged = Path(scratch) / FP32_FILE
-        outputs = export(loaded, staged)
+        outputs, first_token_only = export(loaded, staged)
         os.replace(staged, directory / FP32_FILE)
-    write_report(
-        directory,
-        EXPORT_REPORT,
-        {"revision": loaded.revision, "outputs": outputs, "torch": torch.__version__, "opset": _OPSET},
-    )
-    return directory / FP32_FILE
+    report = {
+        "revision": loaded.revision,
+        "outputs": outputs,
+        "first_token_only": first_token_only,
+        "torch": torch.__version__,
+        "opset": _OPSET,
+    }
+    write_report(directory, EXPORT_REPORT, report)
+    return CachedGraph(directory / FP32_FILE, report)
 
 
 class _TensorOutputs(torch.nn.Module):
@@ -62,12 +75,19 @@ class _TensorOutputs(torch.nn.Module):
         return tuple(output[name] for name in self.names)
 
 
-def export(loaded: LoadedModel, destination: Path) -> list[str]:
-    """Export, then fuse with ONNX Runtime's transformer optimizer; returns the output names."""
+def export(loaded: LoadedModel, destination: Path) -> tuple[list[str], bool]:
+    """Export, then fuse with ONNX Runtime's transformer optimizer.
+
+    Returns the output names, and whether the graph computes the last layer for the
+    first token only (a sequence classifier: :mod:`nlpkit.firsttoken`).
+    """
     from onnxruntime.transformers import optimizer
 
     eager = getattr(transformers, loaded.model_class).from_pretrained(loaded.path, attn_implementation="eager")
     eager.eval()
+    first_token_only = reads_first_token_only(type(eager).__name__)
+    if first_token_only:
+        compute_first_token_only(eager)
     sample, mask = _dummy_inputs(loaded, 8)
     names, axes = _output_axes(eager, loaded)
     raw = destination.with_suffix(".raw.onnx")
@@ -94,7 +114,7 @@ def export(loaded: LoadedModel, destination: Path) -> list[str]:
     fused.save_model_to_file(str(destination))
     raw.unlink()
     log.info("exported %s to %s (%s)", loaded.name, destination, fused.get_fused_operator_statistics())
-    return names
+    return names, first_token_only
 
 
 def _dummy_inputs(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT = "export.json"
 INT8_REPORT = "int8.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
+# Bumped when the exported graph changes shape, so files made by an older nlpkit are made anew.
+# 2: sequence classifiers compute the last layer for the first token only (nlpkit.firsttoken).
+GRAPH_VERSION = 2
 
 
 def cache_dir(model_dir: Path, revision: str) -> Path:
@@ -47,13 +51,13 @@ def read_report(directory: Path, name: str, revision: str) -> dict[str, Any] | N
     if not file.is_file():
         return None
     report = json.loads(file.read_text())
-    return report if report.get("revision") == revision else None
+    return report if report.get("revision") == revision and report.get("graph") == GRAPH_VERSION else None
 
 
 def write_report(directory: Path, name: str, report: dict[str, Any]) -> None:
     """Write a report whole or not at all: another process may be reading the cache."""
     staged = directory / f".{name}.{os.getpid()}"
-    staged.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    staged.write_text(json.dumps(report | {"graph": GRAPH_VERSION}, indent=2, sort_keys=True) + "\n")
     os.replace(staged, directory / name)
 
 
@@ -82,7 +86,22 @@ def open_session(file: Path, threads: int) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 
-def cached_model(name: str, model_dir: Path, revision: str, kind: str, min_agreement: float = 1.0) -> Path | None:
+@dataclass(frozen=True)
+class CachedGraph:
+    """An ONNX file of the cache and the report written with it."""
+
+    path: Path
+    report: dict[str, Any]
+
+    @property
+    def first_token_only(self) -> bool:
+        """Whether the graph computes the last layer for the first token only (a sequence classifier)."""
+        return bool(self.report.get("first_token_only"))
+
+
+def cached_model(
+    name: str, model_dir: Path, revision: str, kind: str, min_agreement: float = 1.0
+) -> CachedGraph | None:
     """The cached ONNX file of ``kind`` ("fp32" or "int8") for these weights, or None if fp32 is not exported yet.
 
     An int8 file must exist (only ``nlpkit models quantize`` can make one: it needs real
@@ -90,8 +109,9 @@ def cached_model(name: str, model_dir: Path, revision: str, kind: str, min_agree
     """
     directory = cache_dir(model_dir, revision)
     if kind == "fp32":
-        found = read_report(directory, EXPORT_REPORT, revision) and (directory / FP32_FILE).is_file()
-        return directory / FP32_FILE if found else None
+        exported = read_report(directory, EXPORT_REPORT, revision)
+        found = exported is not None and (directory / FP32_FILE).is_file()
+        return CachedGraph(directory / FP32_FILE, exported) if found else None
     report = read_report(directory, INT8_REPORT, revision)
     if report is None or not (directory / INT8_FILE).is_file():
         raise ModelNotFoundError(
@@ -112,7 +132,7 @@ def cached_model(name: str, model_dir: Path, revision: str, kind: str, min_agree
             f"`nlpkit models quantize {name} --min-agreement {min_agreement}` (it keeps more layers in "
             "fp32), or use --backend onnx"
         )
-    return directory / INT8_FILE
+    return CachedGraph(directory / INT8_FILE, report)
 
 
 def run_session(session: onnxruntime.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:

@@ -86,7 +86,8 @@ def quantize(
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     say("exporting the fp32 ONNX model")
-    fp32_file = exported_model(task.model)
+    exported = exported_model(task.model)
+    fp32_file = exported.path
     reference = _outputs(task, records)
     with tempfile.TemporaryDirectory() as scratch:
         trial = _Trial(task, records, reference, fp32_file, Path(scratch))
@@ -119,7 +120,12 @@ def quantize(
     onnxrt.write_report(
         directory,
         onnxrt.INT8_REPORT,
-        report.as_json | {"revision": task.model.revision, "min_agreement": min_agreement},
+        report.as_json
+        | {
+            "revision": task.model.revision,
+            "min_agreement": min_agreement,
+            "first_token_only": exported.first_token_only,  # the graph it was quantized from
+        },
     )
     return report
 
