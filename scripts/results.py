@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -96,7 +97,8 @@ def train(report: Report, task: str, name: str, data: Path, eval_data: Path, *op
 
 def sst2(report: Report, work: Path) -> None:
     dev = DATA / "sst2" / "dev.tsv"
-    train(report, "sentiment", "sst2", DATA / "sst2" / "train.tsv", dev, "--epochs", "3", "--lr", "5e-5")
+    train(report, "sentiment", "sst2", DATA / "sst2" / "train.tsv", dev, "--epochs", "3", "--lr", "1e-4",
+          "--eval-steps", "700")  # fmt: skip
     accuracy = evaluation(report, "sentiment", "sst2", dev)["accuracy"]
     report.rows.append(("SST-2 dev", "accuracy", f"{accuracy:.2%}", ">= 90%"))
 
@@ -108,7 +110,7 @@ def imdb(report: Report, work: Path) -> None:
     held_out, train_rows = work / "imdb-heldout.jsonl", work / "imdb-train.jsonl"
     held_out.write_text("\n".join(rows[:2500]) + "\n", encoding="utf-8")
     train_rows.write_text("\n".join(rows[2500:]) + "\n", encoding="utf-8")
-    train(report, "sentiment", "imdb", train_rows, held_out, "--epochs", "2", "--max-examples", "10000",
+    train(report, "sentiment", "imdb", train_rows, held_out, "--epochs", "2", "--max-examples", "12000",
           "--max-length", "256", "--lr", "5e-5")  # fmt: skip
     accuracy = evaluation(report, "sentiment", "imdb", held_out)["accuracy"]
     report.rows.append(("IMDb, 2,500 held-out train reviews", "accuracy", f"{accuracy:.2%}", ">= 91%"))
@@ -124,11 +126,25 @@ def conll(report: Report, work: Path) -> None:
 
 def goemotions(report: Report, work: Path) -> None:
     dev = DATA / "goemotions" / "dev.tsv"
-    train(report, "multilabel", "goemotions", DATA / "goemotions" / "train.tsv", dev, "--epochs", "4", "--lr", "1e-4",
+    train(report, "multilabel", "goemotions", DATA / "goemotions" / "train.tsv", dev, "--epochs", "5", "--lr", "1e-4",
           "--metric", "macro_f1")  # fmt: skip
+    # Thresholds tuned on the data they are scored on flatter the score, so also: tune on one half
+    # of dev, score the other, both ways round (GoEmotions' test split is not among the shared data).
+    lines = dev.read_text(encoding="utf-8").splitlines(keepends=True)
+    random.Random(2024).shuffle(lines)
+    halves = [work / "goemotions-dev-a.tsv", work / "goemotions-dev-b.tsv"]
+    for half, part in zip(halves, (lines[::2], lines[1::2]), strict=True):
+        half.write_text("".join(part), encoding="utf-8")
+        shutil.copy(dev.with_name("emotions.txt"), half.with_name("emotions.txt"))
+    held_out = []
+    for tune_on, score_on in (halves, halves[::-1]):
+        report.run("tune-thresholds", "--model", "goemotions", "--data", tune_on)
+        held_out.append(evaluation(report, "multilabel", "goemotions", score_on)["macro_f1"])
     report.run("tune-thresholds", "--model", "goemotions", "--data", dev)
     macro = evaluation(report, "multilabel", "goemotions", dev)["macro_f1"]
     report.rows.append(("GoEmotions dev, tuned thresholds", "macro F1", f"{macro:.3f}", ">= 0.45"))
+    report.rows.append(("GoEmotions dev, thresholds tuned on the other half", "macro F1",
+                        f"{sum(held_out) / 2:.3f} (halves {held_out[0]:.3f}, {held_out[1]:.3f})", ""))  # fmt: skip
 
 
 def squad(report: Report, work: Path) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from nlpkit import onnxrt
+from nlpkit import quantize as quantize_module
 from nlpkit.agreement import agreement, decision, distance
 from nlpkit.engine import Engine
 from nlpkit.errors import ModelNotFoundError, NlpkitError
@@ -118,6 +119,22 @@ def test_the_int8_gate_refuses_below_the_minimum(sentiment_copy: Path, monkeypat
         onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
     monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
     assert load_task("sentiment", str(sentiment_copy), backend="int8").model.backend.name == "int8"
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_weights_get_seven_bits_without_vnni_and_eight_bit_files_are_refused_there(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool
+) -> None:
+    monkeypatch.setattr(quantize_module, "has_vnni", lambda: vnni)
+    task = load_task("sentiment", str(sentiment_copy))
+    report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
+    assert report.reduce_range is not vnni
+    monkeypatch.setattr(onnxrt, "has_vnni", lambda: False)  # the file moves to a CPU without VNNI
+    if vnni:
+        with pytest.raises(NlpkitError, match="quantized for CPUs with VNNI"):
+            onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5)
+    else:
+        assert onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
 
 
 def test_a_bad_min_agreement_setting_is_one_clear_error(sentiment_copy: Path, monkeypatch) -> None:

@@ -62,7 +62,9 @@ def test_saved_weights_keep_transformers_names(classifier: Path, tmp_path: Path)
     model.save_pretrained(tmp_path / "saved")
     shutil.copy(classifier / "tokenizer.json", tmp_path / "saved")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    )
 
 
 def test_other_heads_are_left_whole(tmp_path: Path) -> None:
