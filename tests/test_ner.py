@@ -155,6 +155,17 @@ def test_word_tags_from_character_spans():
     assert word_tags(words, entities) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
 
 
+def test_word_tags_from_tokens_read_each_word_by_its_first_token():
+    """'P.' is one CoNLL word of two tokens: its tag is that of 'p', whatever '.' was given."""
+    words = ["P.", "Johnson", "of", "Tunbridge", "Wells"]  # "P. Johnson of Tunbridge Wells"
+    tokens = [
+        {"type": "B-PER", "start": 0, "end": 1}, {"type": "B-PER", "start": 1, "end": 2},
+        {"type": "I-PER", "start": 3, "end": 10}, {"type": "B-LOC", "start": 14, "end": 17},
+        {"type": "I-LOC", "start": 17, "end": 23}, {"type": "I-LOC", "start": 24, "end": 29},
+    ]  # fmt: skip
+    assert word_tags(words, tokens) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
+
+
 CONLL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "eng.testa"
 
 
@@ -174,7 +185,7 @@ def test_entity_scores_agree_with_seqeval_on_model_predictions_for_conll(tmp_pat
     labels = NerTask.label_names(examples)
     model = bias_towards(save_tiny_distilbert(tmp_path / "conll", head="token-classification", labels=labels,
                                               seed=2), 0, 1.0)  # fmt: skip
-    task = NerTask(load_model(str(model), NerTask.model_class), aggregation="first")
+    task = NerTask(load_model(str(model), NerTask.model_class), **NerTask.evaluation_options)
     predictions = Engine(task).predict([example.record for example in examples])
     gold = [example.target["tags"] for example in examples]
     predicted = [word_tags(e.target["words"], p.output["entities"]) for e, p in zip(examples, predictions, strict=True)]

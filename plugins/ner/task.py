@@ -39,8 +39,9 @@ class NerTask(Task):
     input_fields = ("text",)
     model_class = "AutoModelForTokenClassification"
     token_level_outputs = True
-    # Training labels each word's first token only, so scoring reads words by their first token.
-    evaluation_options = {"aggregation": "first"}
+    # Training labels each word's first token only, so scoring reads each word's tag from its first
+    # token, on the data's own words (see word_tags).
+    evaluation_options = {"aggregation": "none"}
     options = (
         TaskOption("aggregation", str, "simple", "how token labels become entities", choices=STRATEGIES),
         TaskOption(
@@ -181,13 +182,23 @@ class NerTask(Task):
 
 
 def word_tags(words: Sequence[str], entities: Sequence[Mapping[str, Any]]) -> list[str]:
-    """BIO tags for space-joined ``words`` from character-span entities (each word takes the
-    entity it overlaps; an entity's first word gets B-)."""
-    tags = ["O"] * len(words)
+    """BIO tags for space-joined ``words`` from the entities predicted for that text.
+
+    Token-level entities (aggregation ``none``: types keep their B-/I- prefix) give each
+    word the tag of the token it starts with: the labelling the model was trained on, and
+    the standard CoNLL evaluation. Grouping tokens into words first would not do: the
+    pipelines' rule makes punctuation a word of its own, so "P. Johnson" (two CoNLL words)
+    becomes the entities "P" and ". Johnson". Aggregated entities give each word the
+    entity it overlaps, and an entity's first word gets B-.
+    """
     starts, position = [], 0
     for word in words:
         starts.append(position)
         position += len(word) + 1
+    if entities and all(entity["type"][:2] in ("B-", "I-") for entity in entities):
+        first_tokens = {entity["start"]: entity["type"] for entity in entities}
+        return [first_tokens.get(start, "O") for start in starts]
+    tags = ["O"] * len(words)
     for entity in entities:
         covered = [
             index for index, start in enumerate(starts)
