@@ -38,7 +38,7 @@ MALFORMED = [
     (b'{"id": 3, "text": "   "}', "field 'text' is empty"),
     (b'{"id": 4, "text": 42}', "field 'text' must be a string"),
     (b"x" * (MAX_BYTES + 1), "over the limit"),
-    (b"[1, 2, 3]", "JSON message must be an object"),
+    (b'{"id": 5, "text": "a fine film", "task": 7}', "field 'task' must be a string"),
     (None, "empty message"),
 ]
 
