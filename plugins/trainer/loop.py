@@ -15,10 +15,10 @@ an evaluation function and a function that saves the best model.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -33,8 +33,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from nlpkit.errors import NlpkitError
 from nlpkit_plugins.trainer.batching import length_grouped_batches
-
-log = logging.getLogger("nlpkit.trainer")
 
 STATE_FILE = "progress.json"
 
@@ -233,9 +231,11 @@ class TrainingLoop:
             else:
                 progress.stale += 1
             self.record(progress.history)
-            log.info("step %d: %s", progress.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            # Above the progress bars, as it happens: an hour-long run should not keep its scores to the end.
+            if metrics:
+                _say(f"epoch {epoch}, step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if self.config.patience is not None and progress.stale >= self.config.patience:
-                log.info("no improvement in %d evaluations: stopping early", progress.stale)
+                _say(f"no improvement in {progress.stale} evaluations: stopping early")
                 accelerator.set_trigger()
         accelerator.wait_for_everyone()
         self._save_state()
@@ -263,7 +263,13 @@ class TrainingLoop:
             raise NlpkitError(f"nothing to resume: no saved training state in {self.state_dir}")
         self.accelerator.load_state(str(self.state_dir))
         self.progress = Progress(**json.loads(state_file.read_text()))
-        log.info("resuming at epoch %d, step %d", self.progress.epoch + 1, self.progress.step)
+        if self.accelerator.is_main_process:
+            _say(f"resuming at epoch {self.progress.epoch + 1}, step {self.progress.step}")
+
+
+def _say(message: str) -> None:
+    """A line on stderr above the progress bars (where the user is already looking)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def _train_stats(loss_sum: float, counted: int, seen: int, started: float, processes: int) -> dict[str, float]:
