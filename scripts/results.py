@@ -2,10 +2,11 @@
 students distilled from the SST-2 model, training throughput against the transformers
 Trainer. Each step runs the real `nlpkit` commands (printed, and written into the report
 with their durations). A finished step saves its figures, commands and hardware in
-NLPKIT_HOME/results/steps/STEP.json and is not run again (``--redo`` runs it anew); a
-training command is skipped when its model is already registered, so an interrupted
-run picks up where it stopped. The report is rebuilt from every finished step, so steps
-can run on different days or machines (each row says which).
+docs/results/STEP.json, kept in the repository so that figures measured on one machine
+outlive it, and is not run again (``--redo`` runs it anew); a training command is skipped
+when its model is already registered, so an interrupted run picks up where it stopped.
+The report is rebuilt from every finished step, so steps can run on different days or
+machines (each section says which).
 
     .venv/bin/python scripts/results.py [--only sst2,conll,...] [--redo] [--report docs/RESULTS.md]
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import shutil
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+STEP_RECORDS = REPO / "docs" / "results"
 DATA = REPO.parent / "shared" / "data"
 NLPKIT = [sys.executable, "-m", "nlpkit"]
 SEEDS = (1, 2, 3)
@@ -42,10 +43,11 @@ class Report:
     throughput_table: str = ""
     hardware: str = ""
     finished: str = ""
+    commit: str = ""  # the nlpkit revision that produced the figures
 
     def run(self, *args: str) -> str:
         command = [*NLPKIT, *map(str, args)]
-        shown = "nlpkit " + shlex.join(map(str, args))
+        shown = "nlpkit " + shlex.join(map(str, args)).replace(str(REPO.parent), "..")  # as run from the repo
         print(f"\n$ {shown}", flush=True)
         started = time.perf_counter()
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
@@ -65,15 +67,22 @@ class Report:
 
 
 def hardware() -> str:
-    """The CPU, its usable cores, and the GPU when training had one."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line), "?")
-    described = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    """The CPU (with the instruction sets that decide bf16 and int8 speed), and the GPU when training had one."""
     import torch
 
-    if torch.cuda.is_available():
-        described += f", GPU {torch.cuda.get_device_name(0)}"
-    return described
+    from nlpkit.hardware import describe
+
+    return describe() + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+
+
+def revision() -> str:
+    """The checkout's commit, marked when the working tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    modified = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" (modified)" if modified else "")
 
 
 def registered(name: str) -> bool:
@@ -118,10 +127,10 @@ def imdb(report: Report, work: Path) -> None:
 
 def conll(report: Report, work: Path) -> None:
     dev = DATA / "conll2003" / "eng.testa"
-    train(report, "ner", "conll", DATA / "conll2003" / "eng.train", dev, "--epochs", "6", "--lr", "1e-4",
+    train(report, "ner", "conll", DATA / "conll2003" / "eng.train", dev, "--epochs", "8", "--lr", "1.5e-4",
           "--warmup-ratio", "0.1")  # fmt: skip
     f1 = evaluation(report, "ner", "conll", dev)["f1"]
-    report.rows.append(("CoNLL-2003 valid (eng.testa)", "entity F1", f"{100 * f1:.1f}", ">= 91.5"))
+    report.rows.append(("CoNLL-2003 valid (eng.testa)", "entity F1", f"{100 * f1:.2f}", ">= 91.5"))
 
 
 def goemotions(report: Report, work: Path) -> None:
@@ -243,7 +252,8 @@ def write_report(steps: dict[str, Report], path: Path) -> None:
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
     for name, report in steps.items():
-        lines += ["", f"## {name}", "", f"{report.hardware}; finished {report.finished}.", ""]
+        produced_by = f", nlpkit {report.commit}" if report.commit else ""
+        lines += ["", f"## {name}", "", f"{report.hardware}; finished {report.finished}{produced_by}.", ""]
         lines += [f"- `{command}` — {seconds / 60:.1f} min" for command, seconds in report.commands]
         if report.throughput_table:
             lines += ["", "```", report.throughput_table, "```"]
@@ -273,15 +283,16 @@ def main() -> None:
     if not registered("minilm"):
         setup.run("models", "convert", "starter", work.parent / "models" / "minilm", "--register", "minilm")
     for name in chosen:
-        record = work / "steps" / f"{name}.json"
+        record = STEP_RECORDS / f"{name}.json"
         if record.is_file() and not args.redo:
             print(f"step {name}: finished before ({record}); --redo runs it again")
             continue
         report = Report(hardware=hardware())
         STEPS[name](report, work)
         report.finished = time.strftime("%Y-%m-%d %H:%M %Z")
+        report.commit = revision()
         report.save(record)
-    records = {name: work / "steps" / f"{name}.json" for name in STEPS}
+    records = {name: STEP_RECORDS / f"{name}.json" for name in STEPS}
     write_report({name: Report.load(path) for name, path in records.items() if path.is_file()}, args.report)
     print(f"\nwrote {args.report}")
 
