@@ -129,6 +129,7 @@ def run_variants(
     model_dir: Path, questions: list[Question], threads: int, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Every variant's result by name, and notes on the variants left out."""
+    from nlpkit.hardware import has_bf16
     from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 
     say(f"preparing the {LEGACY_TRANSFORMERS} side environment (installs on the first run only)")
@@ -141,6 +142,10 @@ def run_variants(
         ("nlpkit engine onnx", sys.executable, {"kind": "engine", "backend": "onnx"}),
     ]
     skipped = []
+    if has_bf16():
+        variants.append(("nlpkit engine bf16", sys.executable, {"kind": "engine", "backend": "bf16"}))
+    else:
+        skipped.append("bf16 skipped: this CPU has no native bf16, and torch's emulation is slower than fp32.")
     if int8_exists(model_dir):
         variants.append(("nlpkit engine int8", sys.executable, {"kind": "engine", "backend": "int8"}))
     else:

@@ -58,6 +58,7 @@ class BenchPlan:
     batch_size: int = 32
     max_batch_tokens: int | None = None  # the engine's default for the device
     options: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 3  # timed runs per variant; the fastest counts (the machine is shared and noisy)
 
 
 def sample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -98,6 +99,7 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
             "batch_size": plan.batch_size,
             "max_batch_tokens": plan.max_batch_tokens,
             "max_length": plan.max_length,
+            "repeat": plan.repeat,
         }
         variants: list[tuple[str, dict[str, Any]]] = []
         if plan.pipelines and plan.task in BASELINES:

@@ -50,12 +50,17 @@ def main(spec_file: str, result_file: str) -> None:
     load_s = time.perf_counter() - started
     run(records[:WARMUP_RECORDS])  # first calls allocate and pick kernels: not throughput
     peak = matmul_peak_gflops(spec["threads"])  # the machine's rate right now, next to this variant's run
-    started = time.perf_counter()
-    outputs = run(records)
-    seconds = time.perf_counter() - started
+    outputs, seconds = None, float("inf")
+    for _ in range(spec.get("repeat", 1)):  # the fastest of the runs: the others met a busier machine
+        started = time.perf_counter()
+        produced = run(records)
+        elapsed = time.perf_counter() - started
+        seconds = min(seconds, extra().get("seconds", elapsed))  # a runner may time only part of its call
+        outputs = produced if outputs is None else outputs  # the first run's answers (int8's depend on batching)
     facts = extra()
+    facts.pop("seconds", None)
     result = {
-        "seconds": facts.pop("seconds", seconds),  # a runner may time only part of its call
+        "seconds": seconds,
         "load_s": load_s,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gflops": peak,

@@ -33,7 +33,7 @@ def _calibration_records(task_class: Any, data: Path, limit: int, seed: int) -> 
 @click.option(
     "--data", required=True, type=data_file, help="Real inputs to calibrate on (any file the task trains on)."
 )
-@click.option("--limit", default=512, show_default=True, help="Calibration records drawn at random from --data.")
+@click.option("--limit", default=2000, show_default=True, help="Calibration records drawn at random from --data.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Least agreement with fp32 [setting, 0.99].")
 @click.option("--seed", default=0, show_default=True)
 @pass_state
@@ -91,6 +91,9 @@ def quantize(
 @click.option("--no-pipeline", is_flag=True, help="Skip the transformers pipeline baselines.")
 @click.option("--no-stream", is_flag=True, help="Skip the streaming run (it starts a local Kafka broker).")
 @bootstrap_option
+@click.option(
+    "--repeat", default=3, show_default=True, type=click.IntRange(1), help="Timed runs per variant; the fastest counts."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON objects, one per line.")
 @pass_state
@@ -135,6 +138,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
             max_length=options["max_length"],
             batch_size=options["batch_size"],
             max_batch_tokens=options["max_batch_tokens"],
+            repeat=options["repeat"],
         )
         with stderr.status("benchmarking") as status:
             rows, facts = benchmark.run(plan, status.update)
@@ -206,10 +210,12 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
 
 
 def _caption(facts: dict[str, Any]) -> str:
+    from nlpkit.hardware import describe
+
     return (
-        f"x pipeline: throughput over the faster transformers pipeline setting; % fp32 peak: model FLOPs on real "
-        f"tokens over this machine's fp32 matmul rate ({facts['peak_gflops']:.0f} GFLOP/s now); agreement: same "
-        "answers as engine torch (fp32)"
+        f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; % fp32 peak: "
+        f"model FLOPs on real tokens over this machine's fp32 matmul rate ({facts['peak_gflops']:.0f} GFLOP/s "
+        "now); agreement: same answers as engine torch (fp32)"
     )
 
 
