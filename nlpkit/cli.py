@@ -238,7 +238,7 @@ def evaluate(
 )
 @click.option("--backend", **BACKEND_OPTION)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=256, show_default=True, help="Most messages per poll and transaction.")
+@click.option("--batch-size", default=512, show_default=True, help="Most messages per poll and transaction.")
 @click.option("--max-messages", type=int, help="Stop after this many messages.")
 @click.option(
     "--max-message-bytes", type=int, default=100_000, show_default=True, help="Larger messages become dead letters."
