@@ -10,6 +10,7 @@ to the last optimizer step. Prints examples per second for both and their ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--json-out", type=Path, help="also write both rates here, as JSON")
     args = parser.parse_args()
     threads = configure_threads()
     bf16 = native_bf16()
@@ -107,6 +109,8 @@ def main() -> None:
     table.add_row("transformers Trainer (group_by_length, fused AdamW)", f"{theirs:.1f}", "1.00")
     table.add_row("nlpkit train", f"{ours:.1f}", f"{ours / theirs:.2f}")
     Console().print(table)
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"trainer": theirs, "nlpkit": ours, "bf16": bf16}))
 
 
 if __name__ == "__main__":
