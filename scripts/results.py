@@ -90,6 +90,12 @@ def registered(name: str) -> bool:
     return any(model["name"] == name for model in json.loads(listing.stdout))
 
 
+def data_lines(path: Path) -> list[str]:
+    """The file's lines, split at newlines only: str.splitlines would also split at a review's
+    U+2028 or U+0085, cutting one JSON record (or TSV row) in two."""
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
 def evaluation(report: Report, task: str, model: str, data: Path, *options: str) -> dict[str, float]:
     return json.loads(report.run("evaluate", task, "--model", model, "--data", data, "--json", *options))
 
@@ -114,7 +120,7 @@ def sst2(report: Report, work: Path) -> None:
 
 def imdb(report: Report, work: Path) -> None:
     """IMDb's labelled file is sorted by label: shuffle with a seed, hold out 2,500 reviews."""
-    rows = (DATA / "imdb" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = data_lines(DATA / "imdb" / "train.jsonl")
     random.Random(2024).shuffle(rows)
     held_out, train_rows = work / "imdb-heldout.jsonl", work / "imdb-train.jsonl"
     held_out.write_text("\n".join(rows[:2500]) + "\n", encoding="utf-8")
@@ -139,7 +145,7 @@ def goemotions(report: Report, work: Path) -> None:
           "--metric", "macro_f1")  # fmt: skip
     # Thresholds tuned on the data they are scored on flatter the score, so also: tune on one half
     # of dev, score the other, both ways round (GoEmotions' test split is not among the shared data).
-    lines = dev.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = [line + "\n" for line in data_lines(dev)]
     random.Random(2024).shuffle(lines)
     halves = [work / "goemotions-dev-a.tsv", work / "goemotions-dev-b.tsv"]
     for half, part in zip(halves, (lines[::2], lines[1::2]), strict=True):
