@@ -193,7 +193,11 @@ def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
             while not worker.assigned and time.monotonic() < deadline:
                 time.sleep(0.05)
             sent["at"] = time.perf_counter()
-            produce(servers, topic, [(str(i), json.dumps(dict(r.fields))) for i, r in enumerate(records)])
+            try:
+                produce(servers, topic, [(str(i), json.dumps(dict(r.fields))) for i, r in enumerate(records)])
+            except BaseException:
+                worker.request_stop()  # otherwise the worker waits for messages that will never come
+                raise
 
         # The worker on the main thread, as under `nlpkit consume`. On a second thread its model
         # ran slower: on CoNLL valid (bf16) the stream reached 75% of the engine that way, 83% here.
