@@ -42,9 +42,11 @@ def quantize(
 ) -> None:
     """Make the int8 version of MODEL for --backend int8, keeping layers in fp32 until it agrees.
 
-    Weights are int8 per output channel; layers whose quantization moves answers most
-    stay fp32 until at least --min-agreement of the calibration records get the same
-    answer as fp32. The result is cached beside the model.
+    Weights are int8 per output channel; the few input channels with outlier
+    activations on the calibration records are multiplied in fp32 beside the int8
+    product; layers whose quantization moves answers most stay fp32 until at least
+    --min-agreement of the calibration records get the same answer as fp32. The
+    result is cached beside the model.
     """
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import get_task_class
@@ -61,7 +63,7 @@ def quantize(
     stderr.print(
         f"int8 model of '{model}': agreement {report.agreement:.2%} on {report.records} records "
         f"(minimum {threshold:.0%}), {report.quantized} nodes int8, {len(report.kept_fp32)} kept fp32, "
-        f"{report.seconds:.0f} s: {verdict}"
+        f"{report.outlier_channels} outlier input channels fp32, {report.seconds:.0f} s: {verdict}"
     )
     if report.agreement < threshold:
         raise NlpkitError("the int8 model did not reach the minimum agreement; use --backend onnx")

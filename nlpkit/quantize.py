@@ -8,9 +8,12 @@ that one int8 scale per tensor cannot hold. So:
    batch at run time (VNNI does u8 x s8), embeddings and the classifier head stay fp32;
    on a CPU without VNNI the weights get 7 bits, because AVX2 kernels add pairs of
    u8 x s8 products in 16 bits, which full 8-bit weights can overflow;
-2. the fully quantized model is tried on a calibration sample; if its decisions agree
+2. the few input channels with outlier activations, found on the calibration sample,
+   are multiplied in fp32 beside the int8 product (:mod:`nlpkit.outliers`), so that
+   they no longer set the scale of every other channel;
+3. the fully quantized model is tried on a calibration sample; if its decisions agree
    with fp32 on at least ``min_agreement`` of the records, it is kept;
-3. otherwise each quantizable node is quantized alone to measure how far it moves the
+4. otherwise each quantizable node is quantized alone to measure how far it moves the
    scores, and nodes are handed back to fp32 from the most sensitive down until the
    sample agrees with a margin (unseen inputs agree a little less), or until half are
    back (the model then fails the gate: int8 in name only is not worth having).
@@ -38,6 +41,7 @@ from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import NlpkitError
 from nlpkit.hardware import has_vnni
 from nlpkit.onnxexport import exported_model
+from nlpkit.outliers import ChannelMaxima, is_outlier_node, probed_inputs, split_outliers
 from nlpkit.tasks import Record, Task
 from nlpkit.threads import thread_count
 
@@ -56,6 +60,7 @@ class QuantizationReport:
     records: int
     kept_fp32: list[str]
     quantized: int
+    outlier_channels: int  # input channels multiplied in fp32 beside the int8 products
     seconds: float
     data: str
     reduce_range: bool  # 7-bit weights, safe on CPUs without VNNI
@@ -67,6 +72,7 @@ class QuantizationReport:
             "records": self.records,
             "kept_fp32": self.kept_fp32,
             "quantized": self.quantized,
+            "outlier_channels": self.outlier_channels,
             "seconds": round(self.seconds, 1),
             "data": self.data,
             "reduce_range": self.reduce_range,
@@ -88,11 +94,12 @@ def quantize(
     started = time.perf_counter()
     say("exporting the fp32 ONNX model")
     exported = exported_model(task.model)
-    fp32_file = exported.path
     reference = _outputs(task, records)
     with tempfile.TemporaryDirectory() as scratch:
-        trial = _Trial(task, records, reference, fp32_file, Path(scratch))
-        candidates = quantizable_nodes(fp32_file)
+        say("measuring activation outliers")
+        split_file, outlier_channels = _split_outliers(task, records, exported.path, Path(scratch))
+        trial = _Trial(task, records, reference, split_file, Path(scratch))
+        candidates = trial.candidates
         kept: list[str] = []
         target = min_agreement + (1 - min_agreement) * CALIBRATION_MARGIN
         score, file = trial.attempt(kept)
@@ -114,6 +121,7 @@ def quantize(
         records=len(records),
         kept_fp32=kept,
         quantized=len(candidates) - len(kept),
+        outlier_channels=outlier_channels,
         seconds=time.perf_counter() - started,
         data=data,
         reduce_range=trial.reduce_range,
@@ -132,14 +140,30 @@ def quantize(
 
 
 def quantizable_nodes(file: Path) -> list[str]:
+    """The nodes int8 may take: the model's matrix multiplies, not the outliers' fp32 side products."""
     import onnx
 
     graph = onnx.load(str(file), load_external_data=False).graph
-    return [node.name for node in graph.node if node.op_type in QUANTIZED_OPS]
+    return [node.name for node in graph.node if node.op_type in QUANTIZED_OPS and not is_outlier_node(node.name)]
 
 
 def _outputs(task: Task, records: Sequence[Record]) -> list[dict[str, Any] | None]:
     return [None if isinstance(o, RecordFailure) else o.output for o in Engine(task).run(records)]
+
+
+def _on_session(task: Task, session: Any, backend: str) -> Task:
+    """The same task and settings, its model run by an ONNX Runtime ``session``."""
+    return type(task)(replace(task.model, backend=BACKENDS[backend], session=session), **task.settings)
+
+
+def _split_outliers(task: Task, records: Sequence[Record], fp32_file: Path, scratch: Path) -> tuple[Path, int]:
+    """The fp32 graph with its outlier input channels split out, measured on ``records``;
+    and how many channels that is."""
+    probe, split = scratch / "probe.onnx", scratch / "split.onnx"
+    probed = probed_inputs(fp32_file, probe)
+    maxima = ChannelMaxima(onnxrt.open_session(probe, thread_count()), probed)
+    _outputs(_on_session(task, maxima, "onnx"), records)
+    return split, split_outliers(fp32_file, maxima.maxima, split)
 
 
 class _Trial:
@@ -155,6 +179,7 @@ class _Trial:
         self.scratch = scratch
         # 7-bit weights where this CPU lacks VNNI: its 16-bit intermediate sums could overflow with 8.
         self.reduce_range = not has_vnni()
+        self.candidates = quantizable_nodes(fp32_file)
         self._count = 0
 
     def file(self, kept_fp32: Sequence[str], only: Sequence[str] | None = None) -> Path:
@@ -174,8 +199,7 @@ class _Trial:
             self.fp32_file,
             destination,
             op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_quantize=list(only or []),
-            nodes_to_exclude=list(kept_fp32),
+            nodes_to_quantize=list(only or [node for node in self.candidates if node not in kept_fp32]),
             per_channel=True,
             reduce_range=self.reduce_range,
             weight_type=QuantType.QInt8,
@@ -183,9 +207,7 @@ class _Trial:
         )
 
     def outputs(self, file: Path) -> list[dict[str, Any] | None]:
-        session = onnxrt.open_session(file, thread_count())
-        model = replace(self.task.model, backend=BACKENDS["int8"], session=session)
-        return _outputs(type(self.task)(model, **self.task.settings), self.records)
+        return _outputs(_on_session(self.task, onnxrt.open_session(file, thread_count()), "int8"), self.records)
 
     def attempt(self, kept_fp32: Sequence[str]) -> tuple[float, Path]:
         file = self.file(kept_fp32)
