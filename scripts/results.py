@@ -47,7 +47,10 @@ class Report:
 
     def run(self, *args: str) -> str:
         command = [*NLPKIT, *map(str, args)]
-        shown = "nlpkit " + shlex.join(map(str, args)).replace(str(REPO.parent), "..")  # as run from the repo
+        from nlpkit import settings
+
+        shown = "nlpkit " + shlex.join(map(str, args))  # as run from the repo, with the home directory named
+        shown = shown.replace(str(REPO.parent), "..").replace(str(Path(settings.get("home"))), "$NLPKIT_HOME")
         print(f"\n$ {shown}", flush=True)
         started = time.perf_counter()
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
@@ -125,8 +128,8 @@ def imdb(report: Report, work: Path) -> None:
     held_out, train_rows = work / "imdb-heldout.jsonl", work / "imdb-train.jsonl"
     held_out.write_text("\n".join(rows[:2500]) + "\n", encoding="utf-8")
     train_rows.write_text("\n".join(rows[2500:]) + "\n", encoding="utf-8")
-    train(report, "sentiment", "imdb", train_rows, held_out, "--epochs", "2", "--max-examples", "12000",
-          "--max-length", "256", "--lr", "5e-5")  # fmt: skip
+    train(report, "sentiment", "imdb", train_rows, held_out, "--epochs", "1", "--max-examples", "12000",
+          "--max-length", "256", "--lr", "1e-4", "--eval-steps", "200")  # fmt: skip
     accuracy = evaluation(report, "sentiment", "imdb", held_out)["accuracy"]
     report.rows.append(("IMDb, 2,500 held-out train reviews", "accuracy", f"{accuracy:.2%}", ">= 91%"))
 
