@@ -5,7 +5,9 @@ A DistilBERT sequence classifier takes the final hidden state of the first token
 every token (the first token attends to them all), but the query, the attention output
 projection, both LayerNorms and the feed-forward network only for that one position.
 That skips 10/12 of the last layer's matrix work, about 14% of a 6-layer model's, and
-changes no output beyond float rounding.
+changes no output beyond float rounding. Fine-tuning uses it too: the loss reads the same
+one position, so the gradients are the same, and autograd would otherwise also push
+zeros back through every other position of the last layer.
 
 The layer's ``forward`` is replaced on the instance, so the module tree, parameter names
 and saved weights stay those of transformers' model; ONNX export traces the same way.
@@ -56,7 +58,10 @@ class _FirstTokenForward:
         mask = attention_mask
         if mask is not None and mask.dim() == 4 and mask.shape[-2] > 1:
             mask = mask[:, :, :1, :]  # the first query's row of a (batch, 1, query, key) mask
-        mixed = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling)
+        dropout = attention.dropout.p if block.training else 0.0  # on the attention weights, as transformers'
+        mixed = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=attention.scaling
+        )
         mixed = attention.out_lin(mixed.transpose(1, 2).reshape(batch, 1, heads * size))
         mixed = block.sa_layer_norm(mixed + first)
         return block.output_layer_norm(block.ffn(mixed) + mixed)

@@ -54,6 +54,36 @@ def test_the_onnx_graph_computes_first_token_only_and_gives_transformers_logits(
     assert np.abs(loaded.forward(ids, mask)["logits"] - expected).max() < 1e-5
 
 
+def test_training_gets_the_same_gradients(classifier: Path) -> None:
+    """Fine-tuning uses it too: the loss reads [CLS] only, so every parameter's gradient is unchanged."""
+    ids, mask = (torch.from_numpy(a) for a in batch(padded=True))
+    labels = torch.tensor([0, 2, 1])
+    gradients = []
+    for first_token_only in (False, True):
+        model = AutoModelForSequenceClassification.from_pretrained(classifier).eval()  # eval: no dropout draws
+        if first_token_only:
+            compute_first_token_only(model)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    whole, first = gradients
+    assert whole.keys() == first.keys()
+    assert all(torch.allclose(whole[name], first[name], atol=1e-6) for name in whole)
+
+
+def test_training_keeps_dropout_on_the_last_layers_attention(classifier: Path) -> None:
+    model = compute_first_token_only(AutoModelForSequenceClassification.from_pretrained(classifier))
+    for module in model.modules():  # any other dropout would hide whether this one is there
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.distilbert.transformer.layer[-1].attention.dropout.p = 0.5
+    ids, mask = (torch.from_numpy(a) for a in batch(padded=True))
+    model.train()
+    runs = [model(input_ids=ids, attention_mask=mask).logits for _ in range(2)]
+    assert not torch.allclose(*runs)
+    model.eval()
+    assert torch.allclose(*[model(input_ids=ids, attention_mask=mask).logits for _ in range(2)])
+
+
 def test_saved_weights_keep_transformers_names(classifier: Path, tmp_path: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(classifier)
     names = list(model.state_dict())

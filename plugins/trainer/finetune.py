@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from nlpkit import settings
 from nlpkit.backends import get_backend
 from nlpkit.evaluation import evaluate
+from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
 from nlpkit.modelfiles import resolve_model_path, write_metadata
 from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
@@ -114,8 +115,12 @@ def _task_with_new_head(
         model = getattr(transformers, task_class.model_class).from_pretrained(
             base_path, ignore_mismatched_sizes=True, **head_config
         )
-    backend = get_backend("bf16" if use_bf16 else "torch")
-    loaded = LoadedModel.from_torch(config.name, base_path, model, tokenizer, backend, accelerator.device)
+    loaded = LoadedModel.from_torch(
+        config.name, base_path, model, tokenizer, get_backend("bf16" if use_bf16 else "torch"), accelerator.device
+    )
+    if reads_first_token_only(type(model).__name__):  # the loss reads [CLS] only: skip the rest of the last layer
+        compute_first_token_only(model)
+        loaded.first_token_only = True
     return task_class(loaded, **task_class.evaluation_options)
 
 
