@@ -37,6 +37,14 @@ def compute_first_token_only(model: nn.Module) -> nn.Module:
     return model
 
 
+def first_token_only_where_possible(model: nn.Module) -> bool:
+    """Apply :func:`compute_first_token_only` if ``model``'s head reads the first token only; whether it did."""
+    if not reads_first_token_only(type(model).__name__):
+        return False
+    compute_first_token_only(model)
+    return True
+
+
 class _FirstTokenForward:
     """The last TransformerBlock's forward for position 0 only: output shape (batch, 1, dim)."""
 

@@ -61,7 +61,13 @@ class LoadedModel:
     def from_torch(
         cls, name: str, path: Path, model: Any, tokenizer: Any, backend: Backend, device: Any
     ) -> LoadedModel:
-        """Wrap a torch model held in memory (one being trained on ``device``) so tasks can evaluate it."""
+        """Wrap a torch model held in memory (one being trained on ``device``) so tasks can evaluate it.
+
+        A sequence classifier's last layer is set to compute [CLS] only, as for inference: the
+        loss reads that one position too, so training skips the rest with the same gradients.
+        """
+        from nlpkit.firsttoken import first_token_only_where_possible
+
         config = model.config.to_dict()
         return cls(
             name=name,
@@ -74,6 +80,7 @@ class LoadedModel:
             backend=backend,
             device=str(device),
             model=model,
+            first_token_only=first_token_only_where_possible(model),
         )
 
     @property
@@ -176,7 +183,7 @@ def _open_onnx(loaded: LoadedModel, device: str, min_agreement: float) -> None:
 def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
     import transformers
 
-    from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
+    from nlpkit.firsttoken import first_token_only_where_possible
 
     apply_to_torch()
     chosen = pick_device(device)
@@ -185,9 +192,7 @@ def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
             model = getattr(transformers, loaded.model_class).from_pretrained(loaded.path)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{ref}' from {loaded.path}: {exc}") from exc
-    if reads_first_token_only(type(model).__name__):
-        compute_first_token_only(model)
-        loaded.first_token_only = True
+    loaded.first_token_only = first_token_only_where_possible(model)
     loaded.model = model.eval().to(chosen)
     loaded.device = str(chosen)
 

@@ -30,6 +30,7 @@ from nlpkit import settings
 from nlpkit.backends import get_backend
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.evaluation import evaluate
+from nlpkit.firsttoken import first_token_only_where_possible
 from nlpkit.modelfiles import resolve_model_path, write_metadata
 from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
@@ -275,6 +276,7 @@ class _TaskRun(_Run):
         with quiet_loading():
             teacher = head.from_pretrained(teacher_path).to(self.accelerator.device).eval().requires_grad_(False)
         student = self._student(teacher, tokenizer, head)
+        first_token_only_where_possible(teacher)  # after the copy: the soft targets read [CLS] only, too
         student_task = task_class(self.loaded(student, tokenizer, teacher_path), **task_class.evaluation_options)
         examples = sample(task_class.read_examples(config.data), config.max_examples, config.seed)
         eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []

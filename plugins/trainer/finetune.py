@@ -23,7 +23,6 @@ from transformers import AutoTokenizer
 from nlpkit import settings
 from nlpkit.backends import get_backend
 from nlpkit.evaluation import evaluate
-from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
 from nlpkit.modelfiles import resolve_model_path, write_metadata
 from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
@@ -115,12 +114,8 @@ def _task_with_new_head(
         model = getattr(transformers, task_class.model_class).from_pretrained(
             base_path, ignore_mismatched_sizes=True, **head_config
         )
-    loaded = LoadedModel.from_torch(
-        config.name, base_path, model, tokenizer, get_backend("bf16" if use_bf16 else "torch"), accelerator.device
-    )
-    if reads_first_token_only(type(model).__name__):  # the loss reads [CLS] only: skip the rest of the last layer
-        compute_first_token_only(model)
-        loaded.first_token_only = True
+    backend = get_backend("bf16" if use_bf16 else "torch")
+    loaded = LoadedModel.from_torch(config.name, base_path, model, tokenizer, backend, accelerator.device)
     return task_class(loaded, **task_class.evaluation_options)
 
 
