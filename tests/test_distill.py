@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, DistilBertForMaskedLM
 
 from nlpkit.errors import NlpkitError
-from nlpkit.testing import save_tiny_distilbert, tiny_vocab
+from nlpkit.tasks import EncodedExample
+from nlpkit.testing import DISTILBERT_HEADS, save_tiny_distilbert, tiny_vocab
 from nlpkit_plugins.trainer.distill import DistillConfig, distill
 from nlpkit_plugins.trainer.losses import TripleLossWeights, task_soft_target_loss, triple_loss
 from nlpkit_plugins.trainer.masking import IGNORE_INDEX, Masker, token_counts
@@ -199,6 +200,38 @@ def test_task_specific_distillation_keeps_the_teachers_accuracy(tmp_path, databa
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
     assert model.config.n_layers == 2 and model.config.id2label == {0: "negative", 1: "positive"}
     assert [entry.name for entry in database.list_models("sentiment")] == ["student", "teacher"]
+
+
+@pytest.mark.parametrize(
+    ("head", "keys", "token_level"),
+    [
+        ("sequence-classification", ("logits",), False),
+        ("token-classification", ("logits",), True),
+        ("question-answering", ("start_logits", "end_logits"), True),
+    ],
+)
+def test_teacher_outputs_computed_once_match_the_live_teachers(tmp_path, head, keys, token_level):
+    from nlpkit_plugins.trainer.batching import collate
+    from nlpkit_plugins.trainer.teacher_targets import collate_taught, split_batch, teach
+
+    labels = None if head == "question-answering" else ["a", "b", "c"]
+    path = save_tiny_distilbert(tmp_path / "teacher", head=head, labels=labels, seed=5)
+    teacher = DISTILBERT_HEADS[head].from_pretrained(path).eval()
+    rng = random.Random(0)
+    features = [EncodedExample([2, *(rng.randrange(5, 60) for _ in range(rng.randint(1, 20))), 3], labels=None)
+                for _ in range(90)]  # fmt: skip
+    taught = teach(teacher, features, keys, token_level=token_level, pad_id=0, device=torch.device("cpu"))
+    batch = [taught[i] for i in (7, 3, 50, 88)]  # taught in different, length-sorted batches
+    inputs, targets = split_batch(collate_taught(batch, 0, token_level))
+    assert inputs.keys() == collate([t.feature for t in batch], 0, token_level).keys()
+    with torch.no_grad():
+        live = teacher(**inputs)
+    real = inputs["attention_mask"].bool()
+    for key in keys:
+        expected, cached = (live[key][real], targets[key][real]) if token_level else (live[key], targets[key])
+        torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-4)
+        if token_level:  # padding carries zeros, which the span and token losses mask out
+            assert not targets[key][~real].any()
 
 
 def test_the_distill_command_runs_and_checks_its_arguments(tmp_path, nlpkit_home):

@@ -5,7 +5,8 @@
   masked-LM head (a sentence encoder such as the starter backbone), one is fitted first
   with the encoder frozen, so its soft targets mean something.
 - Task-specific: a fine-tuned teacher's soft targets plus the gold labels teach a
-  student for the same task.
+  student for the same task. The teacher runs once, before training (see
+  :mod:`nlpkit_plugins.trainer.teacher_targets`), not in every epoch.
 
 Students start as copies of the teacher keeping the chosen layers (``--student-layers
 0,2,4``), or from another checkpoint (``--student``) that shares the teacher's
@@ -37,7 +38,7 @@ from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
 from nlpkit.tasks import Task
-from nlpkit_plugins.trainer.batching import collate, pad
+from nlpkit_plugins.trainer.batching import pad
 from nlpkit_plugins.trainer.finetune import FineTuneResult, sample, save_model
 from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
 from nlpkit_plugins.trainer.losses import (
@@ -48,6 +49,7 @@ from nlpkit_plugins.trainer.losses import (
 )
 from nlpkit_plugins.trainer.masking import Masker, token_counts
 from nlpkit_plugins.trainer.students import check_compatible, student_from_teacher
+from nlpkit_plugins.trainer.teacher_targets import collate_taught, split_batch, teach
 
 GENERAL_TASK = "masked-lm"  # what the models table calls a general-purpose student
 HELD_OUT = 500  # sequences kept aside to score a general distillation
@@ -288,19 +290,24 @@ class _TaskRun(_Run):
         )
         kind = soft_target_kind(task_class)
         pad_id = tokenizer.pad_token_id or 0
+        token_level = task_class.token_level_outputs
+        taught_features = teach(
+            teacher, features, task_class.output_keys, token_level=token_level, pad_id=pad_id,
+            device=self.accelerator.device,
+        )  # fmt: skip
+        del teacher  # its outputs are all the loop needs
 
         def loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            with torch.no_grad():
-                taught = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            learned = model(**batch)
-            soft = task_soft_target_loss(kind, learned, taught, batch, weights.temperature)
+            inputs, taught = split_batch(batch)
+            learned = model(**inputs)
+            soft = task_soft_target_loss(kind, learned, taught, inputs, weights.temperature)
             return weights.ce * soft + weights.task * learned.loss
 
         return self.train(
             student_task.model,
-            features,
+            taught_features,
             [len(f.input_ids) for f in features],
-            collate_fn=lambda batch: collate(batch, pad_id, task_class.token_level_outputs),
+            collate_fn=lambda batch: collate_taught(batch, pad_id, token_level),
             loss=loss,
             evaluate_fn=lambda: evaluate(student_task, eval_examples) if eval_examples else {},
             run_id=run_id,
