@@ -183,10 +183,11 @@ def students(report: Report, work: Path) -> None:
         for seed in SEEDS:
             name = f"sst2-student-{layers.replace(',', '')}-s{seed}"
             names.setdefault(layers, []).append(name)
+            # Evaluated every 700 steps, as the teacher was: both keep their best checkpoint by the same rule.
             if not registered(name):
                 report.run("distill", "--task", "sentiment", "--teacher", "sst2", "--student-layers", layers,
                            "--data", train_file, "--eval-data", dev, "--name", name, "--epochs", "3", "--lr", "1e-4",
-                           "--seed", seed)  # fmt: skip
+                           "--eval-steps", "700", "--seed", seed)  # fmt: skip
     figures = json.loads(
         subprocess.run(
             [sys.executable, __file__, "--measure-students", json.dumps(names)],
