@@ -91,4 +91,6 @@ def test_int8_lands_closer_to_fp32_with_an_outlier_channel_split_out(
     monkeypatch.setattr(outliers, "MAX_OUTLIERS", 0)
     none, without = int8_distance(tmp_path / "plain")
     assert split >= 1 and none == 0
-    assert with_split < without / 2
+    # About half the error on CPUs without VNNI (7-bit weights there leave more weight error that
+    # no split removes), under half with VNNI: either way clear of this bound.
+    assert with_split < 0.7 * without
