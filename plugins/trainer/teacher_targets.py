@@ -1,10 +1,11 @@
 """A fine-tuned teacher's outputs, computed once before task-specific distillation.
 
 In evaluation mode the teacher gives the same outputs for a feature in every epoch, so
-running it inside the training loop repeats identical work: with a 6-layer teacher it is
-about 40% of a 3-layer student's training time and half of a 2-layer one's. One pass in
-length-sorted batches before the loop does it once; afterwards the teacher is not
-needed and its memory is free.
+running it inside the training loop repeats identical work: with a 6-layer teacher and a
+3-layer student on SST-2 the loop took 46 s per 6,000 examples with it, 29 s without (fp32,
+2 cores). One pass in length-sorted batches before the loop does it once; afterwards the
+teacher is not needed and its memory is free. Under ``accelerate launch`` every process
+makes this pass over all features (simple, and cheap next to the epochs it saves).
 
 Targets are kept on the CPU in float32, trimmed to each feature's real length for
 per-token heads, and padded again per batch like the inputs they belong to.
