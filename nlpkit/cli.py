@@ -487,11 +487,15 @@ def models_list(state: CliState, task: str | None, as_json: bool) -> None:
 @click.argument("name")
 @pass_state
 def models_show(state: CliState, name: str) -> None:
-    """Everything recorded about one registered model, as JSON."""
-    entry = state.database().find_model(name)
+    """Everything recorded about one registered model, as JSON: with the run that trained it
+    (parameters, every evaluation, duration) when nlpkit trained it."""
+    database = state.database()
+    entry = database.find_model(name)
     if entry is None:
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
-    click.echo(json.dumps(entry.as_dict(), indent=2, default=str))
+    run = database.find_run(entry.training_run_id) if entry.training_run_id else None
+    shown = entry.as_dict() | {"training_run": run.as_dict() if run else None}
+    click.echo(json.dumps(shown, indent=2, default=str))
 
 
 @models.command("remove")
@@ -502,6 +506,49 @@ def models_remove(state: CliState, name: str) -> None:
     if not state.database().remove_model(name):
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
     stderr.print(f"removed '{name}' from the registry")
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+@cli.group(cls=NlpkitGroup)
+def runs() -> None:
+    """Training, distillation and evaluation runs, as recorded in the database."""
+
+
+@runs.command("list")
+@click.option("--model", "model_name", help="Only runs that produced or evaluated this model name.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def runs_list(state: CliState, model_name: str | None, limit: int, as_json: bool) -> None:
+    """Recorded runs, newest first: failed and interrupted ones too, with their last evaluation."""
+    entries = state.database().list_runs(model_name=model_name, limit=limit)
+    if as_json:
+        click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
+        return
+    table = Table("id", "kind", "task", "model", "status", "started", "duration", "last evaluation")
+    for entry in entries:
+        last = entry.metrics[-1] if entry.metrics else {}
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float) and not k.startswith("train_")
+        )
+        duration = f"{entry.duration_s / 60:.1f} min" if entry.duration_s is not None else ""
+        cells = (entry.id, entry.kind, entry.task, entry.model_name or "", entry.status,
+                 f"{entry.started_at:%Y-%m-%d %H:%M}", duration, shown)  # fmt: skip
+        table.add_row(*map(str, cells))
+    Console().print(table if entries else "No runs recorded")
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="ID", type=int)
+@pass_state
+def runs_show(state: CliState, run_id: int) -> None:
+    """One run as JSON: its parameters, every evaluation in order, status, error and duration."""
+    entry = state.database().find_run(run_id)
+    if entry is None:
+        raise NlpkitError(f"no run with id {run_id}; see `nlpkit runs list`")
+    click.echo(json.dumps(entry.as_dict(), indent=2, default=str))
 
 
 # --- db -----------------------------------------------------------------------------------------

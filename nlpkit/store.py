@@ -13,7 +13,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,7 @@ class ModelEntry:
     base_model: str | None
     metrics: dict[str, Any] | None
     created_at: dt.datetime
+    training_run_id: int | None = None  # the run that produced it; None for converted or copied models
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: paths and times as strings."""
@@ -165,7 +166,29 @@ class ModelEntry:
             "base_model": self.base_model,
             "metrics": self.metrics,
             "created_at": self.created_at.isoformat(),
+            "training_run_id": self.training_run_id,
         }
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One training, distillation or evaluation run as recorded: what was asked (params), what each
+    evaluation measured (metrics, in order), how it ended and how long it took."""
+
+    id: int
+    kind: str
+    task: str
+    model_name: str | None
+    base_model: str | None
+    params: dict[str, Any]
+    metrics: list[Any]
+    status: str
+    error: str | None
+    started_at: dt.datetime
+    duration_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "started_at": self.started_at.isoformat()}
 
 
 @dataclass
@@ -305,6 +328,19 @@ class Database:
             session.flush()
             return run.id
 
+    def find_run(self, run_id: int) -> RunEntry | None:
+        with self.session() as session:
+            row = session.get(TrainingRunRow, run_id)
+            return _run_entry(row) if row else None
+
+    def list_runs(self, *, model_name: str | None = None, limit: int | None = None) -> list[RunEntry]:
+        """Recorded runs, newest first; only those for ``model_name`` when given."""
+        query = select(TrainingRunRow).order_by(TrainingRunRow.id.desc()).limit(limit)
+        if model_name:
+            query = query.where(TrainingRunRow.model_name == model_name)
+        with self.session() as session:
+            return [_run_entry(row) for row in session.scalars(query)]
+
     def record_run_metrics(self, run_id: int, metrics: list[dict[str, Any]]) -> None:
         with self.session() as session:
             session.get_one(TrainingRunRow, run_id).metrics = list(metrics)
@@ -397,6 +433,23 @@ def _entry(row: ModelRow) -> ModelEntry:
         base_model=row.base_model,
         metrics=row.metrics,
         created_at=row.created_at,
+        training_run_id=row.training_run_id,
+    )
+
+
+def _run_entry(row: TrainingRunRow) -> RunEntry:
+    return RunEntry(
+        id=row.id,
+        kind=row.kind,
+        task=row.task,
+        model_name=row.model_name,
+        base_model=row.base_model,
+        params=row.params,
+        metrics=row.metrics,
+        status=row.status,
+        error=row.error,
+        started_at=as_utc(row.started_at),
+        duration_s=row.duration_s,
     )
 
 

@@ -99,6 +99,38 @@ def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home
     assert "no model named 'tiny'" in nlpkit("models", "show", "tiny").stderr
 
 
+def test_runs_are_listed_and_a_trained_model_shows_the_run_behind_it(nlpkit, tmp_path, monkeypatch):
+    from nlpkit import settings
+    from nlpkit.store import Database
+
+    nlpkit("db", "upgrade")
+    database = Database(settings.get("database_url"))
+    for name, status in (("first", "succeeded"), ("broken", "failed"), ("second", "succeeded")):
+        run_id = database.start_run(kind="train", task="sentiment", model_name=name, base_model="b", params={"lr": 1})
+        database.record_run_metrics(run_id, [{"epoch": 1, "accuracy": 0.75}, {"epoch": 2, "accuracy": 0.5}])
+        database.finish_run(run_id, status, error="ValueError: bad line" if status == "failed" else None)
+        if status == "succeeded":
+            database.register_model(name=name, task="sentiment", path=tmp_path, revision="r", training_run_id=run_id)
+
+    listed = json.loads(nlpkit("runs", "list", "--json").stdout)
+    assert [(run["model_name"], run["status"]) for run in listed] == [
+        ("second", "succeeded"), ("broken", "failed"), ("first", "succeeded")
+    ]  # fmt: skip
+    assert [run["model_name"] for run in json.loads(nlpkit("runs", "list", "--json", "--limit", "1").stdout)] == [
+        "second"
+    ]
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per run
+    [row] = [line for line in nlpkit("runs", "list", "--model", "first").stdout.splitlines() if "first" in line]
+    assert "succeeded" in row and "accuracy 0.5" in row and "0.75" not in row  # the last evaluation
+    shown = json.loads(nlpkit("models", "show", "first").stdout)
+    run = shown["training_run"]
+    assert (run["id"], run["params"], len(run["metrics"])) == (shown["training_run_id"], {"lr": 1}, 2)
+    assert run["duration_s"] >= 0
+    assert json.loads(nlpkit("runs", "show", str(listed[1]["id"])).stdout)["error"] == "ValueError: bad line"
+    missing = nlpkit("runs", "show", "999")
+    assert (missing.exit_code, missing.stderr.strip()) == (1, "Error: no run with id 999; see `nlpkit runs list`")
+
+
 def test_unknown_task_is_a_one_line_error(nlpkit, fresh_plugins, monkeypatch):
     monkeypatch.setenv("NLPKIT_LOAD_PLUGINS", "nlpkit")  # the built-ins only, whatever else is installed
     result = nlpkit("predict", "nope", "text")
