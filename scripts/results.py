@@ -4,7 +4,9 @@ Trainer. Each step runs the real `nlpkit` commands (printed, and written into th
 with their durations). A finished step saves its figures, commands and hardware in
 docs/results/STEP.json, kept in the repository so that figures measured on one machine
 outlive it, and is not run again (``--redo`` runs it anew); a training command is skipped
-when its model is already registered, so an interrupted run picks up where it stopped.
+when its model is already registered, so an interrupted run picks up where it stopped (the
+report lists it with its recorded duration and the training run that made it; `nlpkit models
+remove NAME` before a run trains it anew).
 The report is rebuilt from every finished step, so steps can run on different days or
 machines (each section says which).
 
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,16 +49,25 @@ class Report:
     commit: str = ""  # the nlpkit revision that produced the figures
 
     def run(self, *args: str) -> str:
-        command = [*NLPKIT, *map(str, args)]
-        from nlpkit import settings
-
-        shown = "nlpkit " + shlex.join(map(str, args))  # as run from the repo, with the home directory named
-        shown = shown.replace(str(REPO.parent), "..").replace(str(Path(settings.get("home"))), "$NLPKIT_HOME")
+        shown = shown_command(args)
         print(f"\n$ {shown}", flush=True)
         started = time.perf_counter()
-        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+        result = subprocess.run([*NLPKIT, *map(str, args)], stdout=subprocess.PIPE, text=True, check=True)
         self.commands.append((shown, time.perf_counter() - started))
         return result.stdout
+
+    def train_once(self, name: str, *args: str) -> None:
+        """Run a command that trains and registers ``name``, unless an earlier, interrupted run of
+        this script already did: then the report still lists it, with the duration its recorded
+        training run took."""
+        listing = subprocess.run([*NLPKIT, "models", "show", name], capture_output=True, text=True)
+        if listing.returncode != 0:
+            self.run(*args)
+            return
+        run = json.loads(listing.stdout)["training_run"] or {}
+        note = f"registered before this run; its parameters: nlpkit runs show {run.get('id')}"
+        print(f"\n{name}: {note}", flush=True)
+        self.commands.append((f"{shown_command(args)}  # {note}", run.get("duration_s") or 0.0))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +79,14 @@ class Report:
         fields["commands"] = [tuple(command) for command in fields["commands"]]
         fields["rows"] = [tuple(row) for row in fields["rows"]]
         return cls(**fields)
+
+
+def shown_command(args: Sequence[str]) -> str:
+    """The command as run from the repository, with the home directory named."""
+    from nlpkit import settings
+
+    shown = "nlpkit " + shlex.join(map(str, args))
+    return shown.replace(str(REPO.parent), "..").replace(str(Path(settings.get("home"))), "$NLPKIT_HOME")
 
 
 def hardware() -> str:
@@ -104,10 +124,9 @@ def evaluation(report: Report, task: str, model: str, data: Path, *options: str)
 
 
 def train(report: Report, task: str, name: str, data: Path, eval_data: Path, *options: str) -> None:
-    if not registered(name):
-        report.run(
-            "train", task, "--data", data, "--eval-data", eval_data, "--model", "minilm", "--name", name, *options
-        )
+    report.train_once(
+        name, "train", task, "--data", data, "--eval-data", eval_data, "--model", "minilm", "--name", name, *options
+    )
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -184,10 +203,9 @@ def students(report: Report, work: Path) -> None:
             name = f"sst2-student-{layers.replace(',', '')}-s{seed}"
             names.setdefault(layers, []).append(name)
             # Evaluated every 700 steps, as the teacher was: both keep their best checkpoint by the same rule.
-            if not registered(name):
-                report.run("distill", "--task", "sentiment", "--teacher", "sst2", "--student-layers", layers,
-                           "--data", train_file, "--eval-data", dev, "--name", name, "--epochs", "3", "--lr", "1e-4",
-                           "--eval-steps", "700", "--seed", seed)  # fmt: skip
+            report.train_once(name, "distill", "--task", "sentiment", "--teacher", "sst2", "--student-layers", layers,
+                              "--data", train_file, "--eval-data", dev, "--name", name, "--epochs", "3", "--lr", "1e-4",
+                              "--eval-steps", "700", "--seed", seed)  # fmt: skip
     figures = json.loads(
         subprocess.run(
             [sys.executable, __file__, "--measure-students", json.dumps(names)],
