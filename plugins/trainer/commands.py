@@ -109,7 +109,11 @@ def print_history(history: list[dict[str, Any]], title: str) -> None:
 @click.option(
     "--alpha-mlm", default=2.0, show_default=True, type=click.FloatRange(0), help="General: masked-LM weight."
 )
-@click.option("--alpha-cos", default=1.0, show_default=True, type=click.FloatRange(0), help="General: cosine weight.")
+@click.option(
+    "--alpha-cos",
+    type=click.FloatRange(0),
+    help="Cosine weight between student and teacher last hidden states [1.0 general, 0 task-specific].",
+)
 @click.option("--alpha-task", default=0.5, show_default=True, type=click.FloatRange(0), help="Task: gold-label weight.")
 @click.option("--temperature", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option(

@@ -44,6 +44,7 @@ from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
 from nlpkit_plugins.trainer.losses import (
     TaskDistillationWeights,
     TripleLossWeights,
+    last_hidden_cosine,
     task_soft_target_loss,
     triple_loss,
 )
@@ -69,7 +70,7 @@ class DistillConfig(LoopConfig):
     max_length: int | None = None
     alpha_ce: float | None = None  # None: 5.0 for general, 0.5 for task-specific distillation
     alpha_mlm: float = 2.0
-    alpha_cos: float = 1.0
+    alpha_cos: float | None = None  # None: 1.0 for general, 0.0 for task-specific distillation
     alpha_task: float = 0.5
     temperature: float = 2.0
     head_steps: int = 300  # fitting a masked-LM head for a teacher that has none
@@ -191,7 +192,7 @@ class _GeneralRun(_Run):
         weights = TripleLossWeights(
             config.alpha_ce if config.alpha_ce is not None else 5.0,
             config.alpha_mlm,
-            config.alpha_cos,
+            config.alpha_cos if config.alpha_cos is not None else 1.0,
             config.temperature,
         )
         pad_id = tokenizer.pad_token_id or 0
@@ -286,22 +287,28 @@ class _TaskRun(_Run):
         features = student_task.encode_examples(examples, max_length)
         student_task.encode_examples(eval_examples, max_length)
         weights = TaskDistillationWeights(
-            config.alpha_ce if config.alpha_ce is not None else 0.5, config.alpha_task, config.temperature
+            config.alpha_ce if config.alpha_ce is not None else 0.5,
+            config.alpha_task,
+            config.alpha_cos or 0.0,
+            config.temperature,
         )
         kind = soft_target_kind(task_class)
         pad_id = tokenizer.pad_token_id or 0
         token_level = task_class.token_level_outputs
         taught_features = teach(
             teacher, features, task_class.output_keys, token_level=token_level, pad_id=pad_id,
-            device=self.accelerator.device,
+            device=self.accelerator.device, hidden=bool(weights.cos),
         )  # fmt: skip
         del teacher  # its outputs are all the loop needs
 
         def loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             inputs, taught = split_batch(batch)
-            learned = model(**inputs)
+            learned = model(**inputs, output_hidden_states=bool(weights.cos))
             soft = task_soft_target_loss(kind, learned, taught, inputs, weights.temperature)
-            return weights.ce * soft + weights.task * learned.loss
+            total = weights.ce * soft + weights.task * learned.loss
+            if weights.cos:
+                total = total + weights.cos * last_hidden_cosine(learned, taught, inputs, token_level)
+            return total
 
         return self.train(
             student_task.model,

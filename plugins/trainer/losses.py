@@ -15,6 +15,7 @@ batch never yields NaN or a graph without gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,12 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     )
 
 
+def hidden_cosine(student_states: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity, averaged over rows of (rows, dim) hidden states: the direction of the
+    teacher's representation, whatever its scale."""
+    return F.cosine_embedding_loss(student_states, teacher_states, student_states.new_ones(student_states.shape[0]))
+
+
 def triple_loss(
     student_logits: torch.Tensor,
     student_hidden: torch.Tensor,
@@ -64,20 +71,34 @@ def triple_loss(
         masked = labels != -100
         terms["mlm"] = F.cross_entropy(student_logits[masked], labels[masked]) if masked.any() else anchor
     if weights.cos:
-        student_states, teacher_states = student_hidden[real], teacher_hidden[real]
-        target = student_states.new_ones(student_states.shape[0])
-        terms["cos"] = F.cosine_embedding_loss(student_states, teacher_states, target) if real.any() else anchor
+        terms["cos"] = hidden_cosine(student_hidden[real], teacher_hidden[real]) if real.any() else anchor
     total = sum((getattr(weights, name) * value for name, value in terms.items()), anchor)
     return total, {name: float(value.detach()) for name, value in terms.items()}
 
 
 @dataclass(frozen=True)
 class TaskDistillationWeights:
-    """Soft targets and gold labels half and half at T = 2, as transformers' SQuAD distillation did."""
+    """Soft targets and gold labels half and half at T = 2, as transformers' SQuAD distillation did;
+    the cosine term on the last hidden states (DistilBERT's third loss, off by default) passes the
+    teacher more than a two-way softmax can carry: a whole representation per example."""
 
     ce: float = 0.5
     task: float = 0.5
+    cos: float = 0.0
     temperature: float = 2.0
+
+
+def last_hidden_cosine(
+    student: Any, teacher: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], token_level: bool
+) -> torch.Tensor:
+    """The cosine loss between the student's last hidden states (it must have been run with
+    ``output_hidden_states``) and the teacher's under ``hidden``: the first position for heads
+    that read one vector per sequence, every real token for per-token heads."""
+    last = student.hidden_states[-1]
+    if not token_level:
+        return hidden_cosine(last[:, 0], teacher["hidden"])
+    real = batch["attention_mask"].bool()
+    return hidden_cosine(last[real], teacher["hidden"][real])
 
 
 def task_soft_target_loss(

@@ -43,8 +43,11 @@ def teach(
     token_level: bool,
     pad_id: int,
     device: torch.device,
+    hidden: bool = False,
 ) -> list[Taught]:
-    """Run ``teacher`` once over ``features`` and pair each feature with its outputs."""
+    """Run ``teacher`` once over ``features`` and pair each feature with its outputs; with
+    ``hidden``, also its last hidden states under ``hidden`` (the first position only for
+    sequence-level heads)."""
     order = sorted(range(len(features)), key=lambda index: len(features[index].input_ids))
     targets: list[dict[str, torch.Tensor]] = [{} for _ in features]
     starts = range(0, len(order), BATCH_SIZE)
@@ -52,13 +55,18 @@ def teach(
         for start in tqdm(starts, desc="teacher's soft targets", unit="batch", leave=False):
             chunk = order[start : start + BATCH_SIZE]
             input_ids, attention_mask = pad([features[index].input_ids for index in chunk], pad_id)
-            outputs = teacher(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+            outputs = teacher(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=hidden
+            )
+            found = {key: outputs[key] for key in output_keys}
+            if hidden:
+                last = outputs.hidden_states[-1]
+                found["hidden"] = last if token_level else last[:, 0]
             for row, index in enumerate(chunk):
                 length = len(features[index].input_ids) if token_level else None
                 # A copy, not a view: a view would keep the whole batch's outputs alive.
-                targets[index] = {
-                    key: outputs[key][row, :length].to("cpu", torch.float32, copy=True) for key in output_keys
-                }
+                targets[index] = {key: value[row, :length].to("cpu", torch.float32, copy=True)
+                                  for key, value in found.items()}  # fmt: skip
     return [Taught(feature, target) for feature, target in zip(features, targets, strict=True)]
 
 
