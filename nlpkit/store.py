@@ -13,7 +13,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -438,19 +438,9 @@ def _entry(row: ModelRow) -> ModelEntry:
 
 
 def _run_entry(row: TrainingRunRow) -> RunEntry:
-    return RunEntry(
-        id=row.id,
-        kind=row.kind,
-        task=row.task,
-        model_name=row.model_name,
-        base_model=row.base_model,
-        params=row.params,
-        metrics=row.metrics,
-        status=row.status,
-        error=row.error,
-        started_at=as_utc(row.started_at),
-        duration_s=row.duration_s,
-    )
+    """The row's columns of the same names; times in UTC whatever the database hands back."""
+    columns = {column.name: getattr(row, column.name) for column in fields(RunEntry)}
+    return RunEntry(**columns | {"started_at": as_utc(row.started_at)})
 
 
 def as_utc(moment: dt.datetime) -> dt.datetime:
