@@ -41,6 +41,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nlpkit.errors import DatabaseNotReadyError, NlpkitError
+from nlpkit.termination import sigterm_interrupts
 
 SQLITE_BUSY_TIMEOUT_S = 5
 
@@ -300,10 +301,12 @@ class Database:
     def recorded_run(
         self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]
     ) -> Iterator[int]:
-        """A run row for the duration of a block: succeeded, failed (with the error) or interrupted."""
+        """A run row for the duration of a block: succeeded, failed (with the error) or
+        interrupted (Ctrl-C, or SIGTERM: see :mod:`nlpkit.termination`)."""
         run_id = self.start_run(kind=kind, task=task, model_name=model_name, base_model=base_model, params=params)
         try:
-            yield run_id
+            with sigterm_interrupts():
+                yield run_id
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -126,3 +130,37 @@ def test_passwords_are_masked_in_urls():
     assert redact_url("postgresql+psycopg://nlpkit:s3cret@127.0.0.1:5433/nlpkit") == (
         "postgresql+psycopg://nlpkit:***@127.0.0.1:5433/nlpkit"
     )
+
+
+def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(database):
+    """`kill`, a scheduler or a container runtime stops a run with SIGTERM; it must not stay "running"."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from nlpkit.store import Database\n"
+            "with Database(sys.argv[1]).recorded_run(kind='train', task='sentiment', model_name='m',"
+            " base_model=None, params={}):\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(60)\n",
+            database.url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline() == "ready\n"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) != 0
+    [run] = database.list_runs(model_name="m")
+    assert (run.status, run.error) == ("interrupted", "Terminated: received SIGTERM")
+    assert run.duration_s is not None
+
+
+def test_sigterm_handling_is_confined_to_the_run(database):
+    before = signal.getsignal(signal.SIGTERM)
+    with database.recorded_run(kind="train", task="sentiment", model_name="m", base_model=None, params={}):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+    [run] = database.list_runs(model_name="m")
+    assert run.status == "succeeded"
