@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -193,18 +194,45 @@ def squad(report: Report, work: Path) -> None:
     report.rows.append(("SQuAD v1.1, 8 held-out articles", "F1", f"{scores['f1']:.1f}", ">= 70"))
 
 
+def transfer_set(report: Report, work: Path, sentences: int) -> Path:
+    """SST-2 train plus ``sentences`` sentences of unlabelled IMDb reviews labelled by the teacher
+    (TinyBERT's lesson: a small student learns more of its teacher from more of the teacher's
+    answers). Same domain as SST-2 (movie reviews), never SST-2 dev; sampled with a seed."""
+    reviews = data_lines(DATA / "imdb_unsup" / "unsup.txt")
+    found = [
+        " ".join(sentence.split())
+        for review in reviews
+        for sentence in re.split(r"(?<=[.!?])\s+", review.replace("<br />", " "))
+        if 4 <= len(sentence.split()) <= 40
+    ]
+    random.Random(2024).shuffle(found)
+    texts = work / "imdb-sentences.jsonl"
+    texts.write_text("".join(json.dumps({"text": text}) + "\n" for text in found[:sentences]), encoding="utf-8")
+    answers = report.run("predict", "sentiment", "--model", "sst2", "--input", texts, "--batch-size", "64")
+    labelled = [json.dumps({"text": json.loads(text)["text"], "label": json.loads(answer)["label"]})
+                for text, answer in zip(data_lines(texts), answers.splitlines(), strict=True)]  # fmt: skip
+    sst2_rows = (line.rsplit("\t", 1) for line in data_lines(DATA / "sst2" / "train.tsv")[1:])  # after the header
+    sst2 = [json.dumps({"text": text.strip(), "label": int(label)}) for text, label in sst2_rows]
+    combined = work / f"sst2-train-plus-{sentences}-imdb-sentences.jsonl"
+    combined.write_text("\n".join(sst2 + labelled) + "\n", encoding="utf-8")
+    return combined
+
+
 def students(report: Report, work: Path) -> None:
     """Task-specific distillation from the SST-2 model into 3- and 2-layer students, 3 seeds each,
     then accuracy and engine throughput on SST-2 dev measured in one process, side by side."""
     train_file, dev = DATA / "sst2" / "train.tsv", DATA / "sst2" / "dev.tsv"
     names = {}
-    for layers in ("0,5", "0,2,4"):  # the 2-layer student, the harder target, first
+    # The 2-layer student also learns from 40,000 teacher-labelled IMDb sentences: on SST-2 alone its three
+    # seeds kept 96.9% (87.61, 86.81, 87.50); with them seed 3 reached 88.30 against 87.50, in two epochs.
+    recipes = {"0,5": (transfer_set(report, work, 40_000), "2"), "0,2,4": (train_file, "3")}
+    for layers, (data, epochs) in recipes.items():  # the 2-layer student, the harder target, first
         for seed in SEEDS:
             name = f"sst2-student-{layers.replace(',', '')}-s{seed}"
             names.setdefault(layers, []).append(name)
             # Evaluated every 700 steps, as the teacher was: both keep their best checkpoint by the same rule.
             report.train_once(name, "distill", "--task", "sentiment", "--teacher", "sst2", "--student-layers", layers,
-                              "--data", train_file, "--eval-data", dev, "--name", name, "--epochs", "3", "--lr", "1e-4",
+                              "--data", data, "--eval-data", dev, "--name", name, "--epochs", epochs, "--lr", "1e-4",
                               "--eval-steps", "700", "--seed", seed)  # fmt: skip
     figures = json.loads(
         subprocess.run(
