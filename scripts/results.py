@@ -206,11 +206,12 @@ def transfer_set(report: Report, work: Path, sentences: int) -> Path:
         if 4 <= len(sentence.split()) <= 40
     ]
     random.Random(2024).shuffle(found)
+    chosen = found[:sentences]
     texts = work / "imdb-sentences.jsonl"
-    texts.write_text("".join(json.dumps({"text": text}) + "\n" for text in found[:sentences]), encoding="utf-8")
+    texts.write_text("".join(json.dumps({"text": text}) + "\n" for text in chosen), encoding="utf-8")
     answers = report.run("predict", "sentiment", "--model", "sst2", "--input", texts, "--batch-size", "64")
-    labelled = [json.dumps({"text": json.loads(text)["text"], "label": json.loads(answer)["label"]})
-                for text, answer in zip(data_lines(texts), answers.splitlines(), strict=True)]  # fmt: skip
+    labelled = [json.dumps({"text": text, "label": json.loads(answer)["label"]})
+                for text, answer in zip(chosen, answers.splitlines(), strict=True)]  # fmt: skip
     sst2_rows = (line.rsplit("\t", 1) for line in data_lines(DATA / "sst2" / "train.tsv")[1:])  # after the header
     sst2 = [json.dumps({"text": text.strip(), "label": int(label)}) for text, label in sst2_rows]
     combined = work / f"sst2-train-plus-{sentences}-imdb-sentences.jsonl"
