@@ -44,7 +44,7 @@ class Report:
 
     commands: list[tuple[str, float]] = field(default_factory=list)
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # experiment, metric, value, target
-    throughput_table: str = ""
+    table: str = ""  # shown as it is, under the step's commands
     hardware: str = ""
     finished: str = ""
     commit: str = ""  # the nlpkit revision that produced the figures
@@ -244,6 +244,8 @@ def students(report: Report, work: Path) -> None:
         ).stdout  # fmt: skip
     )
     teacher = figures["sst2"]
+    report.table = students_table(teacher, {layers: {name: figures[name] for name in group}
+                                            for layers, group in names.items()})  # fmt: skip
     for layers, need_keep, need_speed in (("0,2,4", 0.99, 1.9), ("0,5", 0.97, 2.7)):
         runs = [figures[name] for name in names[layers]]
         accuracy = sum(r["accuracy"] for r in runs) / len(runs)
@@ -251,6 +253,19 @@ def students(report: Report, work: Path) -> None:
         label = f"{len(layers.split(','))}-layer student (teacher layers {layers}), mean of {len(runs)} seeds"
         report.rows.append((label, "accuracy kept", f"{accuracy / teacher['accuracy']:.1%}", f">= {need_keep:.0%}"))
         report.rows.append((label, "throughput vs teacher", f"{speed:.2f}x", f">= {need_speed}x"))
+
+
+def students_table(teacher: dict[str, float], students: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Every model's own figures, the teacher's first, so that each seed can be checked."""
+    lines = [f"{'model':<22}{'teacher layers':>16}{'SST-2 dev accuracy':>20}{'kept':>8}{'sentences/s':>13}{'speed':>8}"]
+    rows = [("sst2 (teacher)", "all 6", teacher)]
+    rows += [(name, layers, figures) for layers, group in students.items() for name, figures in group.items()]
+    for name, layers, figures in rows:
+        kept = figures["accuracy"] / teacher["accuracy"]
+        speed = figures["seq_per_s"] / teacher["seq_per_s"]
+        lines.append(f"{name:<22}{layers:>16}{figures['accuracy']:>20.2%}{kept:>8.1%}{figures['seq_per_s']:>13.1f}"
+                     f"{speed:>7.2f}x")  # fmt: skip
+    return "\n".join(lines)
 
 
 def measure_students(names: dict[str, list[str]]) -> None:
@@ -292,7 +307,7 @@ def throughput(report: Report, work: Path) -> None:
     report.rows.append((f"training throughput, SST-2, {precision} (table below)", "examples/s",
                         f"{measured['nlpkit']:.1f} (Trainer {measured['trainer']:.1f}, "
                         f"{measured['nlpkit'] / measured['trainer']:.2f}x)", ">= 185 and >= Trainer"))  # fmt: skip
-    report.throughput_table = output.strip()
+    report.table = output.strip()
 
 
 STEPS = {
@@ -317,8 +332,8 @@ def write_report(steps: dict[str, Report], path: Path) -> None:
         produced_by = f", nlpkit {report.commit}" if report.commit else ""
         lines += ["", f"## {name}", "", f"{report.hardware}; finished {report.finished}{produced_by}.", ""]
         lines += [f"- `{command}` — {seconds / 60:.1f} min" for command, seconds in report.commands]
-        if report.throughput_table:
-            lines += ["", "```", report.throughput_table, "```"]
+        if report.table:
+            lines += ["", "```", report.table, "```"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
