@@ -355,6 +355,7 @@ def main() -> None:
     unknown = [name for name in chosen if name not in STEPS]
     if unknown:
         raise SystemExit(f"unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}")
+    commit = revision()  # before the first step saves its record, which would mark the tree modified
     setup = Report()
     setup.run("db", "upgrade")
     if not registered("minilm"):
@@ -367,7 +368,7 @@ def main() -> None:
         report = Report(hardware=hardware())
         STEPS[name](report, work)
         report.finished = time.strftime("%Y-%m-%d %H:%M %Z")
-        report.commit = revision()
+        report.commit = commit
         report.save(record)
     records = {name: STEP_RECORDS / f"{name}.json" for name in STEPS}
     write_report({name: Report.load(path) for name, path in records.items() if path.is_file()}, args.report)
