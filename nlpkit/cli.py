@@ -522,8 +522,11 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def runs_list(state: CliState, model_name: str | None, limit: int, as_json: bool) -> None:
-    """Recorded runs, newest first: failed and interrupted ones too, with their last evaluation."""
-    entries = state.database().list_runs(model_name=model_name, limit=limit)
+    """Recorded runs, newest first: failed, interrupted and lost ones too (lost: the process
+    died without recording an outcome, e.g. killed by SIGKILL), with their last evaluation."""
+    database = state.database()
+    database.mark_lost_runs()
+    entries = database.list_runs(model_name=model_name, limit=limit)
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
         return
@@ -544,8 +547,11 @@ def runs_list(state: CliState, model_name: str | None, limit: int, as_json: bool
 @click.argument("run_id", metavar="ID", type=int)
 @pass_state
 def runs_show(state: CliState, run_id: int) -> None:
-    """One run as JSON: its parameters, every evaluation in order, status, error and duration."""
-    entry = state.database().find_run(run_id)
+    """One run as JSON: its parameters, every evaluation in order, status, error, duration, and
+    the host and process id it ran as."""
+    database = state.database()
+    database.mark_lost_runs()
+    entry = database.find_run(run_id)
     if entry is None:
         raise NlpkitError(f"no run with id {run_id}; see `nlpkit runs list`")
     click.echo(json.dumps(entry.as_dict(), indent=2, default=str))

@@ -10,7 +10,9 @@ instead of duplicating: at-least-once delivery becomes an exactly-once effect.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -34,6 +36,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -126,6 +129,9 @@ class TrainingRunRow(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # Where the run's process is: a "running" run whose process is gone was killed (see mark_lost_runs).
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
 
 
 class ModelRow(Base):
@@ -174,7 +180,7 @@ class ModelEntry:
 @dataclass(frozen=True)
 class RunEntry:
     """One training, distillation or evaluation run as recorded: what was asked (params), what each
-    evaluation measured (metrics, in order), how it ended and how long it took."""
+    evaluation measured (metrics, in order), how it ended, how long it took, and where it ran."""
 
     id: int
     kind: str
@@ -187,6 +193,8 @@ class RunEntry:
     error: str | None
     started_at: dt.datetime
     duration_s: float | None
+    host: str | None
+    pid: int | None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "started_at": self.started_at.isoformat()}
@@ -326,6 +334,8 @@ class Database:
                 metrics=[],
                 status="running",
                 started_at=utcnow(),
+                host=socket.gethostname(),
+                pid=os.getpid(),
             )
             session.add(run)
             session.flush()
@@ -347,6 +357,27 @@ class Database:
     def record_run_metrics(self, run_id: int, metrics: list[dict[str, Any]]) -> None:
         with self.session() as session:
             session.get_one(TrainingRunRow, run_id).metrics = list(metrics)
+
+    def mark_lost_runs(self) -> list[int]:
+        """Mark "lost" every run recorded as running on this host whose process is gone, and
+        return their ids. Ctrl-C and SIGTERM are recorded by the run itself; SIGKILL, the OOM
+        killer or a crash of the interpreter leave no chance to, and without this the run
+        would read "running" forever. Runs on other hosts are left as they are: their
+        processes cannot be seen from here."""
+        host = socket.gethostname()
+        query = select(TrainingRunRow.id, TrainingRunRow.pid).where(
+            TrainingRunRow.status == "running", TrainingRunRow.host == host
+        )
+        with self.session() as session:
+            gone = [(run_id, pid) for run_id, pid in session.execute(query) if not _process_exists(pid)]
+            for run_id, pid in gone:
+                # Only while still "running": a run that recorded its outcome just before exiting keeps it.
+                session.execute(
+                    update(TrainingRunRow)
+                    .where(TrainingRunRow.id == run_id, TrainingRunRow.status == "running")
+                    .values(status="lost", error=f"process {pid} on {host} ended without recording an outcome")
+                )
+        return [run_id for run_id, _ in gone]
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
         with self.session() as session:
@@ -444,6 +475,16 @@ def _run_entry(row: TrainingRunRow) -> RunEntry:
     """The row's columns of the same names; times in UTC whatever the database hands back."""
     columns = {column.name: getattr(row, column.name) for column in fields(RunEntry)}
     return RunEntry(**columns | {"started_at": as_utc(row.started_at)})
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only the existence check is made
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def as_utc(moment: dt.datetime) -> dt.datetime:

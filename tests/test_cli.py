@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -73,8 +75,11 @@ def test_commands_needing_the_schema_ask_for_db_upgrade(nlpkit):
 def test_db_upgrade_current_history_downgrade(nlpkit):
     assert nlpkit("db", "current").stdout.strip() == "base (no schema)"
     assert nlpkit("db", "upgrade").exit_code == 0
+    assert nlpkit("db", "current").stdout.strip() == "0002"
+    history = nlpkit("db", "history").stdout
+    assert "base -> 0001" in history and "0001 -> 0002" in history
+    assert nlpkit("db", "downgrade", "0001").exit_code == 0
     assert nlpkit("db", "current").stdout.strip() == "0001"
-    assert "base -> 0001" in nlpkit("db", "history").stdout
     assert nlpkit("db", "downgrade", "base").exit_code == 0
     assert nlpkit("db", "current").stdout.strip() == "base (no schema)"
 
@@ -101,7 +106,7 @@ def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home
 
 def test_runs_are_listed_and_a_trained_model_shows_the_run_behind_it(nlpkit, tmp_path, monkeypatch):
     from nlpkit import settings
-    from nlpkit.store import Database
+    from nlpkit.store import Database, TrainingRunRow
 
     nlpkit("db", "upgrade")
     database = Database(settings.get("database_url"))
@@ -127,6 +132,16 @@ def test_runs_are_listed_and_a_trained_model_shows_the_run_behind_it(nlpkit, tmp
     assert (run["id"], run["params"], len(run["metrics"])) == (shown["training_run_id"], {"lr": 1}, 2)
     assert run["duration_s"] >= 0
     assert json.loads(nlpkit("runs", "show", str(listed[1]["id"])).stdout)["error"] == "ValueError: bad line"
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    run_id = database.start_run(kind="train", task="sentiment", model_name="killed", base_model="b", params={})
+    with database.session() as session:
+        session.get_one(TrainingRunRow, run_id).pid = killed.pid  # as if the child had started the run
+    killed.kill()
+    killed.wait(timeout=30)
+    shown = json.loads(nlpkit("runs", "show", str(run_id)).stdout)
+    assert (shown["status"], shown["pid"]) == ("lost", killed.pid)
+    [row] = [line for line in nlpkit("runs", "list", "--model", "killed").stdout.splitlines() if "killed" in line]
+    assert "lost" in row
     missing = nlpkit("runs", "show", "999")
     assert (missing.exit_code, missing.stderr.strip()) == (1, "Error: no run with id 999; see `nlpkit runs list`")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from nlpkit import dbmigrate
 from nlpkit.errors import DatabaseNotReadyError
-from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, redact_url, utcnow
+from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TrainingRunRow, redact_url, utcnow
 
 
 def prediction(offset: int, label: str = "positive", **overrides):
@@ -118,8 +119,6 @@ def test_training_runs_record_status_metrics_and_duration(database):
     run_id = database.start_run(kind="train", task="sentiment", model_name="m", base_model="b", params={"lr": 1e-4})
     database.record_run_metrics(run_id, [{"epoch": 1, "accuracy": 0.8}])
     database.finish_run(run_id, "succeeded")
-    from nlpkit.store import TrainingRunRow
-
     with database.session() as session:
         run = session.get_one(TrainingRunRow, run_id)
         assert (run.status, run.metrics, run.params) == ("succeeded", [{"epoch": 1, "accuracy": 0.8}], {"lr": 1e-4})
@@ -132,8 +131,8 @@ def test_passwords_are_masked_in_urls():
     )
 
 
-def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(database):
-    """`kill`, a scheduler or a container runtime stops a run with SIGTERM; it must not stay "running"."""
+def run_in_a_child(database: Database) -> subprocess.Popen:
+    """A process inside a recorded run of model 'm', started and waiting to be signalled."""
     child = subprocess.Popen(
         [
             sys.executable,
@@ -150,11 +149,40 @@ def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(database):
         text=True,
     )
     assert child.stdout.readline() == "ready\n"
+    return child
+
+
+def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(database):
+    """`kill`, a scheduler or a container runtime stops a run with SIGTERM; it must not stay "running"."""
+    child = run_in_a_child(database)
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) != 0
     [run] = database.list_runs(model_name="m")
     assert (run.status, run.error) == ("interrupted", "Terminated: received SIGTERM")
     assert run.duration_s is not None
+
+
+def test_a_run_whose_process_was_killed_outright_is_marked_lost(database):
+    """SIGKILL and the OOM killer give a run no chance to record anything; the next look at the
+    runs table from the same host finds its process gone."""
+    child = run_in_a_child(database)
+    [killed] = database.list_runs(model_name="m")
+    assert (killed.status, killed.host, killed.pid) == ("running", socket.gethostname(), child.pid)
+    database.start_run(kind="train", task="sentiment", model_name="alive", base_model=None, params={})
+    elsewhere = database.start_run(kind="train", task="sentiment", model_name="elsewhere", base_model=None, params={})
+    with database.session() as session:
+        session.get_one(TrainingRunRow, elsewhere).host = "another-host"
+    assert database.mark_lost_runs() == []  # the child still runs
+    child.kill()
+    child.wait(timeout=30)
+    assert database.mark_lost_runs() == [killed.id]
+    assert database.mark_lost_runs() == []
+    status = {run.model_name: (run.status, run.error) for run in database.list_runs()}
+    assert status == {
+        "m": ("lost", f"process {child.pid} on {socket.gethostname()} ended without recording an outcome"),
+        "alive": ("running", None),
+        "elsewhere": ("running", None),  # its process cannot be seen from here
+    }
 
 
 def test_sigterm_handling_is_confined_to_the_run(database):
