@@ -368,16 +368,19 @@ class Database:
         query = select(TrainingRunRow.id, TrainingRunRow.pid).where(
             TrainingRunRow.status == "running", TrainingRunRow.host == host
         )
+        lost = []
         with self.session() as session:
             gone = [(run_id, pid) for run_id, pid in session.execute(query) if not _process_exists(pid)]
             for run_id, pid in gone:
                 # Only while still "running": a run that recorded its outcome just before exiting keeps it.
-                session.execute(
+                marked = session.execute(
                     update(TrainingRunRow)
                     .where(TrainingRunRow.id == run_id, TrainingRunRow.status == "running")
                     .values(status="lost", error=f"process {pid} on {host} ended without recording an outcome")
                 )
-        return [run_id for run_id, _ in gone]
+                if marked.rowcount:
+                    lost.append(run_id)
+        return lost
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
         with self.session() as session:
