@@ -198,6 +198,8 @@ def transfer_set(report: Report, work: Path, sentences: int) -> Path:
     """SST-2 train plus ``sentences`` sentences of unlabelled IMDb reviews labelled by the teacher
     (TinyBERT's lesson: a small student learns more of its teacher from more of the teacher's
     answers). Same domain as SST-2 (movie reviews), never SST-2 dev; sampled with a seed."""
+    from nlpkit_plugins.sentiment import SentimentTask
+
     reviews = data_lines(DATA / "imdb_unsup" / "unsup.txt")
     found = [
         " ".join(sentence.split())
@@ -212,8 +214,8 @@ def transfer_set(report: Report, work: Path, sentences: int) -> Path:
     answers = report.run("predict", "sentiment", "--model", "sst2", "--input", texts, "--batch-size", "64")
     labelled = [json.dumps({"text": text, "label": json.loads(answer)["label"]})
                 for text, answer in zip(chosen, answers.splitlines(), strict=True)]  # fmt: skip
-    sst2_rows = (line.rsplit("\t", 1) for line in data_lines(DATA / "sst2" / "train.tsv")[1:])  # after the header
-    sst2 = [json.dumps({"text": text.strip(), "label": int(label)}) for text, label in sst2_rows]
+    sst2 = [json.dumps({"text": example.record.fields["text"].strip(), "label": example.target})
+            for example in SentimentTask.read_examples(DATA / "sst2" / "train.tsv")]  # fmt: skip
     combined = work / f"sst2-train-plus-{sentences}-imdb-sentences.jsonl"
     combined.write_text("\n".join(sst2 + labelled) + "\n", encoding="utf-8")
     return combined
