@@ -245,6 +245,13 @@ def evaluate(
 )
 @click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
 @click.option(
+    "--tombstones",
+    type=click.Choice(["skip", "dead-letter"]),
+    default="skip",
+    show_default=True,
+    help="A null value (tombstone): recorded, counted and skipped, or kept as a dead letter.",
+)
+@click.option(
     "-o",
     "--option",
     "task_options",
@@ -277,6 +284,7 @@ def consume(
     max_messages: int | None,
     max_message_bytes: int,
     dead_letter_topic: str | None,
+    tombstones: str,
     task_options: dict[str, str],
     metrics_port: int | None,
     metrics_host: str | None,
@@ -310,6 +318,7 @@ def consume(
         max_messages=max_messages,
         max_message_bytes=max_message_bytes,
         dead_letter_topic=dead_letter_topic,
+        tombstones=tombstones,
         consumer_config=consumer_settings,
     )
     metrics = WorkerMetrics() if metrics_port is not None else None
@@ -335,7 +344,7 @@ def consume(
             server.stop()
     stderr.print(
         f"consumed {stats.messages} messages: {stats.predictions} predictions, "
-        f"{stats.dead_letters} dead letters, {stats.batches} transactions"
+        f"{stats.dead_letters} dead letters, {stats.tombstones} tombstones skipped, {stats.batches} transactions"
     )
 
 

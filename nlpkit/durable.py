@@ -50,22 +50,23 @@ def rejection_reason(exc: BaseException) -> str:
 
 
 def write_isolating(
-    database: Database, predictions: Sequence[Row], dead_letters: Sequence[Row]
+    database: Database, predictions: Sequence[Row], dead_letters: Sequence[Row], tombstones: Sequence[Row] = ()
 ) -> list[tuple[Row, str]]:
-    """Write both lists; return the prediction rows the database rejected, each with its reason.
+    """Write all three lists; return the prediction rows the database rejected, each with its reason.
 
     The caller turns those into dead letters and writes them with :func:`write_dead_letters`.
     Outages propagate (see :func:`is_unavailable`) so the caller can wait and call again:
     every write here is an upsert, so repeating one is harmless.
     """
     try:
-        database.write_batch(predictions, dead_letters)
+        database.write_batch(predictions, dead_letters, tombstones)
         return []
     except Exception as exc:
         if not is_rejection(exc):
             raise
     rejected = _bisect(lambda rows: database.write_batch(rows, []), list(predictions))
     write_dead_letters(database, dead_letters)
+    database.write_batch([], [], tombstones)  # topic, partition, offset and key bytes: nothing to refuse
     return rejected
 
 

@@ -27,11 +27,11 @@ from nlpkit.engine import Engine
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, StandInMessage
 from nlpkit.pipelines import ModelRegistry, load_task
 from nlpkit.plugins import load_plugins
-from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow
+from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TombstoneRow
 from nlpkit.stream import Worker, WorkerConfig
 
 # A message value as a test writes it: a dict is sent as JSON, a str as UTF-8, bytes as they are
-# and None as an empty (tombstone) message. A (key, value) pair also gives the message a key.
+# and None as a null value (a tombstone). A (key, value) pair also gives the message a key.
 Value = Mapping[str, Any] | str | bytes | None
 Key = str | bytes | None
 SentMessage = Value | tuple[Key, Value]
@@ -41,12 +41,13 @@ SentMessage = Value | tuple[Key, Value]
 class WorkerRun:
     """The rows a worker stored for one topic, read back from the database, in offset order.
 
-    Each row is a dict of the table's columns (``predictions`` and ``dead_letters``), so a
-    test sees exactly what an operator querying the database would.
+    Each row is a dict of the table's columns (``predictions``, ``dead_letters`` and
+    ``tombstones``), so a test sees exactly what an operator querying the database would.
     """
 
     predictions: list[dict[str, Any]]
     dead_letters: list[dict[str, Any]]
+    tombstones: list[dict[str, Any]]
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
@@ -63,6 +64,7 @@ def run_through_worker(
     topic: str = "nlpkit-test",
     batch_size: int = WorkerConfig.batch_size,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tombstones: str = WorkerConfig.tombstones,
     hook: Any = None,
     **options: Any,
 ) -> WorkerRun:
@@ -85,12 +87,13 @@ def run_through_worker(
             bootstrap_servers="",
             batch_size=batch_size,
             max_message_bytes=max_message_bytes,
+            tombstones=tombstones,
         )
         hook = load_plugins().hook if hook is None else hook
         worker = Worker(config, {task: Engine(loaded)}, database, hook=hook)
         for start in range(0, len(stand_ins), batch_size):
             worker.process(stand_ins[start : start + batch_size])
-        return WorkerRun(_rows(database, PredictionRow, topic), _rows(database, DeadLetterRow, topic))
+        return WorkerRun(*(_rows(database, table, topic) for table in (PredictionRow, DeadLetterRow, TombstoneRow)))
 
 
 @contextmanager

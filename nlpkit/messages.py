@@ -3,9 +3,14 @@
 A value is UTF-8 JSON (an object such as ``{"id": ..., "text": ...}``; ``task`` may
 pick the task) or plain UTF-8 text. Only a value that starts with ``{`` is read as JSON,
 and then it must be valid; anything else is text, so a review that opens with
-"[SPOILERS]" is classified like any other. The key, when present, is kept and becomes the
-record's id unless the JSON names one. Nothing here raises on bad input: every failure
-is a :class:`Rejected` whose reason ends up on a dead letter.
+"[SPOILERS]" is classified like any other. A null value is a tombstone (a deletion
+marker on a compacted topic), not a message: the worker decides what becomes of it
+before anything here is asked.
+
+A key is bytes: a UUID's 16 bytes, a Schema Registry frame (which starts with a zero
+byte) or text. It is stored as it came; where it is text (:func:`key_text`) it also
+becomes the record's id unless the JSON names one. Nothing here raises on bad input:
+every failure is a :class:`Rejected` whose reason ends up on a dead letter.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 DEFAULT_MAX_MESSAGE_BYTES = 100_000
 MAX_ID_CHARS = 255
+TOMBSTONE_REASON = "tombstone (null value)"
 # A \u escape of a UTF-16 surrogate: json.loads pairs up proper ones, but a lone one becomes a
 # str that no UTF-8 consumer (the database driver, Kafka headers) can encode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -45,18 +51,22 @@ class Rejected:
 def decode_message(
     value: bytes | None, key: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Decoded | Rejected:
-    if value is None or not value.strip():
-        return Rejected("empty message")
+    if value is None:
+        return Rejected(TOMBSTONE_REASON, stage="tombstone")
+    if not value:
+        return Rejected("empty value (0 bytes)")
     if len(value) > max_bytes:
         return Rejected(f"message is {len(value)} bytes, over the limit of {max_bytes}")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejected(f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-    key_id = decode_key(key)
+    if not text.strip():
+        return Rejected("value holds only whitespace")
+    key_id = key_text(key)
+    if key_id is not None and len(key_id) > MAX_ID_CHARS:
+        key_id = None  # too long to be an id; the key itself is still stored as it came
     if not text.lstrip().startswith("{"):
-        if key_id is not None and len(key_id) > MAX_ID_CHARS:
-            return Rejected(f"message key (the record id) is longer than {MAX_ID_CHARS} characters")
         return Decoded({"text": text}, key_id, None)
     try:
         payload = json.loads(text)
@@ -75,8 +85,7 @@ def decode_message(
             return Rejected("field 'id' must be a string or number")
         record_id = str(record_id)
         if len(record_id) > MAX_ID_CHARS:
-            source = "field 'id'" if "id" in payload else "message key (the record id)"
-            return Rejected(f"{source} is longer than {MAX_ID_CHARS} characters")
+            return Rejected(f"field 'id' is longer than {MAX_ID_CHARS} characters")
     return Decoded(payload, record_id, task)
 
 
@@ -96,11 +105,15 @@ def _has_lone_surrogate(payload: Any) -> bool:
     return False
 
 
-def decode_key(key: bytes | None) -> str | None:
-    """A message key as text; bytes that are not UTF-8 are kept visible as escapes."""
-    if key is None:
+def key_text(key: bytes | None) -> str | None:
+    """A message key as text where it is text: valid UTF-8 without NUL. None for a binary key
+    (a UUID's bytes, a Schema Registry frame), which is kept only as the bytes it is."""
+    if key is None or b"\x00" in key:
         return None
-    return key.decode("utf-8", errors="backslashreplace")
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``nlpkit consume --metrics-port P`` serves, on 127.0.0.1 unless configured otherwise:
 
 - ``/metrics``: messages consumed, predictions stored and dead letters (by task and
-  stage), messages per batch, inference time per batch and per task, the time from a
+  stage), tombstones skipped (by topic), messages per batch, inference time per batch and per task, the time from a
   message's Kafka timestamp to its row being stored, and consumer lag per partition
   (from librdkafka's statistics: high watermark minus committed offset);
 - ``/healthz``: ``{"model_loaded", "database", "broker"}``, status 200 when all are true
@@ -45,6 +45,12 @@ class WorkerMetrics:
         )
         self.dead_letters = Counter(
             "nlpkit_dead_letters", "Dead letters committed.", ["task", "stage"], registry=self.registry
+        )
+        self.tombstones = Counter(
+            "nlpkit_tombstones",
+            "Tombstones (null values) recorded and skipped.",
+            ["topic"],
+            registry=self.registry,
         )
         self.batch_messages = Histogram(
             "nlpkit_batch_messages", "Messages per processed batch.", buckets=BATCH_BUCKETS, registry=self.registry

@@ -36,7 +36,7 @@ def status(
 
     Each part is reported even when another cannot be read; the exit code is 1 if any failed.
     """
-    from nlpkit.queries import counts_by_task
+    from nlpkit.queries import counts_by_task, tombstones_by_topic
     from nlpkit.store import redact_url
 
     report: dict[str, Any] = {}
@@ -57,7 +57,12 @@ def status(
     def database_part() -> dict[str, Any]:
         database = state.database()
         models = [entry.as_dict() for entry in database.list_models()]
-        return {"url": redact_url(database.url), "tasks": counts_by_task(database), "models": models}
+        return {
+            "url": redact_url(database.url),
+            "tasks": counts_by_task(database),
+            "tombstones": tombstones_by_topic(database),
+            "models": models,
+        }
 
     gather("database", database_part)
     report["models"] = report["database"].pop("models", [])  # a top-level part of its own; none if unreadable
@@ -91,6 +96,11 @@ def _print_status(report: dict[str, Any]) -> None:
         for task, counts in database["tasks"].items():
             table.add_row(task, *(str(counts[key]) for key in ("predictions", "dead_letters", "dead_letters_pending")))
         console.print(table if database["tasks"] else f"Database {database['url']}: no rows yet")
+        if database["tombstones"]:
+            table = Table("topic", "tombstones skipped", title="Tombstones (null values)")
+            for topic, count in database["tombstones"].items():
+                table.add_row(topic, str(count))
+            console.print(table)
     table = Table("name", "task", "revision", "created", title="Models")
     for model in report["models"]:
         table.add_row(model["name"], model["task"], model["revision"], model["created_at"][:16])
@@ -264,7 +274,7 @@ def _letter_dict(letter: Any) -> dict[str, Any]:
         "topic": letter.source_topic,
         "partition": letter.source_partition,
         "offset": letter.source_offset,
-        "key": None if letter.source_key is None else letter.source_key.decode("utf-8", "backslashreplace"),
+        "key": exported_key(letter.source_key),
         "raw_text": None if raw is None else raw.decode("utf-8", "backslashreplace"),
         "raw_base64": None if raw is None else base64.b64encode(raw).decode("ascii"),
         "message_timestamp": _iso(letter.message_timestamp),
@@ -339,12 +349,27 @@ def _write_rows(stream: Any, output_format: str, rows: Iterable[dict[str, Any]])
     written = 0
     for row in rows:
         row = {name: _iso(value) if isinstance(value, dt.datetime) else value for name, value in row.items()}
+        text = row.pop("source_key_text")
         if writer:
-            writer.writerow({name: _cell(value) for name, value in row.items()})
+            writer.writerow({name: _cell(value) for name, value in row.items()} | {"source_key": text})
         else:
+            row["source_key"] = exported_key(row["source_key"])
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         written += 1
     return written
+
+
+def exported_key(key: bytes | None) -> str | dict[str, str] | None:
+    """A Kafka key in JSON: its text where it is text (UTF-8 without NUL), else ``{"base64": ...}``,
+    a marker no text key can be mistaken for, so binary keys come back byte for byte."""
+    import base64
+
+    from nlpkit.messages import key_text
+
+    if key is None:
+        return None
+    text = key_text(key)
+    return text if text is not None else {"base64": base64.b64encode(key).decode("ascii")}
 
 
 def _cell(value: Any) -> Any:

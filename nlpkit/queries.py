@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, update
 
-from nlpkit.store import Database, DeadLetterRow, PredictionRow, utcnow
+from nlpkit.store import Database, DeadLetterRow, PredictionRow, TombstoneRow, utcnow
 
 # The columns an export carries, in order: where the input came from, what it said, what the model said.
 PREDICTION_COLUMNS = (
@@ -105,8 +105,9 @@ def count_predictions(database: Database, where: PredictionFilter) -> int:
 def iter_predictions(
     database: Database, where: PredictionFilter, limit: int | None = None, chunk: int = 1000
 ) -> Iterator[dict[str, Any]]:
-    """Matching predictions as dicts of :data:`PREDICTION_COLUMNS`, oldest first, fetched ``chunk`` at a time."""
-    columns = [getattr(PredictionRow, name) for name in PREDICTION_COLUMNS]
+    """Matching predictions as dicts of :data:`PREDICTION_COLUMNS` (``source_key`` the raw bytes) plus
+    ``source_key_text``, oldest first, fetched ``chunk`` at a time."""
+    columns = [getattr(PredictionRow, name) for name in (*PREDICTION_COLUMNS, "source_key_text")]
     query = where.apply(select(*columns)).order_by(PredictionRow.id).limit(limit)
     with database.engine.connect() as connection:
         result = connection.execution_options(stream_results=True, yield_per=chunk).execute(query)
@@ -148,3 +149,10 @@ def counts_by_task(database: Database) -> dict[str, dict[str, int]]:
             slot(task)["dead_letters"] = number
             slot(task)["dead_letters_pending"] = number - replayed
     return dict(sorted(counts.items()))
+
+
+def tombstones_by_topic(database: Database) -> dict[str, int]:
+    """How many tombstones (null values) the workers recorded and skipped, per topic."""
+    query = select(TombstoneRow.source_topic, func.count()).group_by(TombstoneRow.source_topic)
+    with database.session() as session:
+        return {topic: count for topic, count in sorted(session.execute(query))}

@@ -54,6 +54,8 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # Where a row came from: the key that makes replayed writes overwrite instead of duplicate.
 SOURCE_KEY = ("source_topic", "source_partition", "source_offset", "task")
+# A tombstone belongs to no task: one row per message.
+TOMBSTONE_KEY = ("source_topic", "source_partition", "source_offset")
 
 
 def utcnow() -> dt.datetime:
@@ -81,7 +83,10 @@ class PredictionRow(Base):
     source_topic: Mapped[str | None] = mapped_column(String(255))
     source_partition: Mapped[int | None] = mapped_column(Integer)
     source_offset: Mapped[int | None] = mapped_column(BigInteger)
-    source_key: Mapped[str | None] = mapped_column(Text)
+    # A Kafka key is bytes, stored as they came; the text rendering is there where the key is
+    # text (valid UTF-8, no NUL), for display and queries.
+    source_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    source_key_text: Mapped[str | None] = mapped_column(Text)
     record_id: Mapped[str | None] = mapped_column(String(255), index=True)
     input_text: Mapped[str] = mapped_column(Text)
     input_extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -110,6 +115,22 @@ class DeadLetterRow(Base):
     message_timestamp: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     replayed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TombstoneRow(Base):
+    """A null-valued message (a deletion marker on a compacted topic): skipped, not predicted, but
+    recorded with its key, so operators can count them and see which keys were deleted."""
+
+    __tablename__ = "tombstones"
+    __table_args__ = (UniqueConstraint(*TOMBSTONE_KEY, name="uq_tombstones_source"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    source_topic: Mapped[str] = mapped_column(String(255))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    source_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    message_timestamp: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class TrainingRunRow(Base):
@@ -243,11 +264,17 @@ class Database:
             state = "has no nlpkit tables" if current is None else f"is at revision {current}, not {head}"
             raise DatabaseNotReadyError(f"database {redact_url(self.url)} {state}; run `nlpkit db upgrade` first")
 
-    def write_batch(self, predictions: Sequence[dict[str, Any]], dead_letters: Sequence[dict[str, Any]]) -> None:
-        """Upsert predictions and dead letters in one transaction."""
+    def write_batch(
+        self,
+        predictions: Sequence[dict[str, Any]],
+        dead_letters: Sequence[dict[str, Any]],
+        tombstones: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Upsert predictions, dead letters and tombstones in one transaction."""
         with self.session() as session:
             upsert(session, PredictionRow, predictions, SOURCE_KEY)
             upsert(session, DeadLetterRow, dead_letters, SOURCE_KEY)
+            upsert(session, TombstoneRow, tombstones, TOMBSTONE_KEY)
 
     # --- model registry --------------------------------------------------------
 

@@ -6,6 +6,12 @@ partition, offset, task). A worker killed at any point therefore loses nothing (
 uncommitted batch is delivered again) and duplicates nothing (the replay overwrites
 the same rows). One bad message becomes a dead letter and never stops a partition.
 
+What is committed is the consumer's position, not the last stored offset + 1: on a
+topic written by transactional producers the position also moves past transaction
+markers and the records of aborted transactions, which are never handed to the
+application, so a drained partition shows a lag of 0 rather than one that never drains.
+A null value is a tombstone: recorded and counted, not predicted (or, if asked, a dead letter).
+
 Processing is synchronous between polls, so when Kafka revokes partitions (the
 callbacks run inside ``consume``) the previous batch is already stored and committed:
 nothing is in flight to lose. Messages a poll returned for partitions revoked during
@@ -30,7 +36,7 @@ from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.kafkaio import client_config, cluster_metadata, new_client
 from nlpkit.memory import trim_heap
-from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_key, decode_message
+from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_message, key_text
 from nlpkit.monitoring import WorkerMetrics
 from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
 from nlpkit.tasks import Prediction, Record
@@ -38,6 +44,8 @@ from nlpkit.tasks import Prediction, Record
 log = logging.getLogger("nlpkit.worker")
 T = TypeVar("T")
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # librdkafka's default
+# What becomes of a tombstone (a null value): recorded and skipped, or kept as a dead letter.
+TOMBSTONE_POLICIES = ("skip", "dead-letter")
 
 
 @dataclass
@@ -57,6 +65,7 @@ class WorkerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_messages: int | None = None
     dead_letter_topic: str | None = None
+    tombstones: str = "skip"
     consumer_config: dict[str, Any] = field(default_factory=dict)
     # While the database is unavailable the batch is retried, waiting this long at first,
     # doubling up to the maximum; the consumer keeps polling (paused) so it stays in the group.
@@ -69,6 +78,7 @@ class WorkerStats:
     messages: int = 0
     predictions: int = 0
     dead_letters: int = 0
+    tombstones: int = 0
     batches: int = 0
 
 
@@ -78,6 +88,7 @@ class _Batch:
 
     predictions: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    tombstones: list[dict[str, Any]] = field(default_factory=list)
     dead_messages: list[tuple[Message, str]] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     messages: dict[tuple[str, int, int], Message] = field(default_factory=dict)
@@ -104,6 +115,8 @@ class Worker:
     ) -> None:
         if not engines:
             raise NlpkitError("a worker needs at least one task")
+        if config.tombstones not in TOMBSTONE_POLICIES:
+            raise NlpkitError(f"tombstones must be one of {', '.join(TOMBSTONE_POLICIES)}, not '{config.tombstones}'")
         self.config = config
         self.engines = dict(engines)
         self.default_task = next(iter(self.engines))
@@ -122,6 +135,8 @@ class Worker:
         poll_interval_ms = float(config.consumer_config.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS))
         self._keep_alive_every = poll_interval_ms / 1000 / 4
         self._assigned: set[tuple[str, int]] = set()
+        # The offset last committed per partition, so an idle worker does not commit the same one every poll.
+        self._committed: dict[tuple[str, int], int] = {}
         self._dead_letter_producer: Producer | None = None
 
     @property
@@ -204,17 +219,19 @@ class Worker:
             self._carried = candidates[size:]
             messages = [message for message in candidates[:size] if self._usable(message)]
             if messages:
-                self._process(consumer, messages)
+                self._process(messages)
+            self._commit_positions(consumer)
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 self._report(last_report - started)
 
     def _report(self, elapsed: float) -> None:
         log.info(
-            "%d messages: %d predictions, %d dead letters (%.1f msg/s)",
+            "%d messages: %d predictions, %d dead letters, %d tombstones skipped (%.1f msg/s)",
             self.stats.messages,
             self.stats.predictions,
             self.stats.dead_letters,
+            self.stats.tombstones,
             self.stats.messages / max(elapsed, 1e-9),
         )
 
@@ -240,20 +257,22 @@ class Worker:
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        for p in partitions:
+            self._assigned.discard((p.topic, p.partition))
+            self._committed.pop((p.topic, p.partition), None)
         log.info("revoked %s", _describe(partitions))
 
     # --- one batch -------------------------------------------------------------------
 
-    def _process(self, consumer: Consumer, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message]) -> None:
         batch = self.process(messages)
         self._publish_dead_letters(batch)
-        self._commit(consumer, batch.next_offsets)
         if self.metrics:
             self._observe(messages, batch)
         self.stats.messages += len(messages)
         self.stats.predictions += len(batch.predictions)
         self.stats.dead_letters += len(batch.dead_letters)
+        self.stats.tombstones += len(batch.tombstones)
         self.stats.batches += 1
         trim_heap()  # without it, malloc fragmentation grows RSS batch after batch (nlpkit.memory)
 
@@ -270,6 +289,9 @@ class Worker:
             key = (message.topic(), message.partition())
             batch.messages[key + (message.offset(),)] = message
             batch.next_offsets[key] = max(batch.next_offsets.get(key, 0), message.offset() + 1)
+            if message.value() is None and self.config.tombstones == "skip":
+                batch.tombstones.append(_tombstone_row(message))
+                continue
             task, record_or_reason = self._route(message)
             if isinstance(record_or_reason, Rejected):
                 self._dead(batch, message, task, record_or_reason)
@@ -297,6 +319,8 @@ class Worker:
             metrics.stored.labels(row["task"]).inc()
         for row in batch.dead_letters:
             metrics.dead_letters.labels(row["task"], row["stage"]).inc()
+        for row in batch.tombstones:
+            metrics.tombstones.labels(row["source_topic"]).inc()
         for row in (*batch.predictions, *batch.dead_letters):
             if row["message_timestamp"] is not None:
                 metrics.end_to_end_seconds.observe((row["stored_at"] - row["message_timestamp"]).total_seconds())
@@ -330,7 +354,8 @@ class Worker:
             "source_topic": message.topic(),
             "source_partition": message.partition(),
             "source_offset": message.offset(),
-            "source_key": decode_key(message.key()),
+            "source_key": message.key(),
+            "source_key_text": key_text(message.key()),
             "record_id": record.id,
             "input_text": record.fields[primary],
             "input_extra": {name: record.fields[name] for name in others} or None,
@@ -359,9 +384,11 @@ class Worker:
 
     def _store(self, batch: _Batch) -> None:
         stored_at = utcnow()
-        for row in (*batch.predictions, *batch.dead_letters):
+        for row in (*batch.predictions, *batch.dead_letters, *batch.tombstones):
             row["stored_at"] = stored_at
-        rejected = self._retrying(lambda: write_isolating(self.database, batch.predictions, batch.dead_letters))
+        rejected = self._retrying(
+            lambda: write_isolating(self.database, batch.predictions, batch.dead_letters, batch.tombstones)
+        )
         if rejected:
             self._turn_rejected_into_dead_letters(batch, rejected, stored_at)
         if self.hook is not None:
@@ -459,12 +486,29 @@ class Worker:
         if self._dead_letter_producer.flush(30):
             raise NlpkitError(f"dead letters could not be written to topic '{topic}'")
 
-    def _commit(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:
-        offsets = [
-            TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in next_offsets.items()
-            if (topic, partition) in self._assigned
-        ]
+    def _commit_positions(self, consumer: Consumer) -> None:
+        """Commit each assigned partition's position, once everything before it is stored.
+
+        The position is where the consumer will read next: past every message it handed
+        over (all processed and stored by now, but those carried to the next batch, where
+        the commit stops) and past what it never hands over (transaction markers, aborted
+        records). Committing it rather than the last stored offset + 1 is what lets the
+        lag of a transactional topic reach 0. Only positions that moved are committed.
+        """
+        if not self._assigned:
+            return
+        held: dict[tuple[str, int], int] = {}
+        for message in self._carried:
+            key = (message.topic(), message.partition())
+            held[key] = min(held.get(key, message.offset()), message.offset())
+        offsets = []
+        for position in consumer.position([TopicPartition(t, p) for t, p in sorted(self._assigned)]):
+            key = (position.topic, position.partition)
+            if position.offset < 0:  # nothing read from this partition yet
+                continue
+            offset = min(position.offset, held.get(key, position.offset))
+            if self._committed.get(key) != offset:
+                offsets.append(TopicPartition(position.topic, position.partition, offset))
         if not offsets:
             return
         try:
@@ -473,10 +517,22 @@ class Worker:
             # Typically a rebalance got there first. The rows are stored and keyed by offset,
             # so whoever re-reads these messages overwrites the same rows.
             log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
+            return
+        self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
 
 
 def _first_line(exc: BaseException) -> str:
     return redact_urls_in(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+
+
+def _tombstone_row(message: Message) -> dict[str, Any]:
+    return {
+        "source_topic": message.topic(),
+        "source_partition": message.partition(),
+        "source_offset": message.offset(),
+        "source_key": message.key(),
+        "message_timestamp": _timestamp(message),
+    }
 
 
 def _timestamp(message: Message) -> dt.datetime | None:

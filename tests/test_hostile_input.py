@@ -98,8 +98,19 @@ def starts_like_json(text: str) -> bool:
 
 
 def key_text(key: bytes | None) -> str | None:
-    """The record id and source_key a worker derives from a message key (undecodable bytes escaped)."""
-    return None if key is None else key.decode("utf-8", errors="backslashreplace")
+    """The text rendering a worker stores beside a key's bytes: the key where it is UTF-8 without NUL."""
+    if key is None or b"\x00" in key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def key_id(key: bytes | None) -> str | None:
+    """The record id a key gives a message without an "id" field: its text, if short enough for an id."""
+    text = key_text(key)
+    return text if text is not None and len(text) <= MAX_ID_CHARS else None
 
 
 def storable(value: object) -> bool:
@@ -156,22 +167,22 @@ def test_decode_never_raises_and_every_rejection_has_a_reason(value, key, max_by
 @given(text=hostile_text, key=keys)
 @example(text="'; DROP TABLE predictions; --", key=b"Robert'); DELETE FROM dead_letters;--")
 @example(text="\u202eevil\u200f \x00 e\u0301 \U0001f600", key=b"\x00")
-@example(text="a review", key=b"\xff" * 64)  # 64 bytes, but 256 characters once escaped: too long for an id
+@example(text="a review", key=b"\xff" * 64)  # binary: no id, and never a reason to reject the message
+@example(text="a review", key=b"k" * 256)  # text, but too long for an id: the message is still good
+@example(text="a review", key=b"\x00\x00\x00\x00\x01\x02")  # a Schema Registry frame
 def test_plain_text_is_decoded_exactly(text, key):
     value = text.encode("utf-8")
     result = decode_message(value, key)
 
-    if not value.strip():
-        assert result == Rejected("empty message")
+    if not text.strip():
+        assert isinstance(result, Rejected) and ("empty" in result.reason or "whitespace" in result.reason)
     elif starts_like_json(text):  # a value that starts like JSON is read as JSON (see the next test)
         assert isinstance(result, Rejected | Decoded)
-    elif key is not None and len(key_text(key)) > MAX_ID_CHARS:
-        assert isinstance(result, Rejected) and "key" in result.reason
     else:
         assert isinstance(result, Decoded)
         assert result.fields == {"text": text}
         assert result.fields["text"].encode("utf-8") == value
-        assert (result.record_id, result.task) == (key_text(key), None)
+        assert (result.record_id, result.task) == (key_id(key), None)
 
 
 @settings(max_examples=100, deadline=None)
@@ -215,7 +226,7 @@ def test_a_json_text_field_is_decoded_exactly(text, record_id, note, ascii_only,
     value = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
     result = decode_message(value, key)
 
-    expected_id = str(record_id) if record_id is not None else key_text(key)
+    expected_id = str(record_id) if record_id is not None else key_id(key)
     if expected_id is not None and len(expected_id) > MAX_ID_CHARS:
         assert isinstance(result, Rejected) and "longer than" in result.reason
         return
@@ -426,7 +437,7 @@ class Sent:
 
     key: bytes | None
     value: bytes | None
-    outcome: str  # "prediction", "dead" or "either"
+    outcome: str  # "prediction", "dead", "either" or "tombstone"
     text: str | None = None
     record_id: str | None = None
     reason: str = ""  # a dead letter's reason must contain this
@@ -434,12 +445,9 @@ class Sent:
 
 def plain(text: str, key: bytes | None) -> Sent:
     value = text.encode("utf-8")
-    record_id = key_text(key)
     if not text.strip():
         return Sent(key, value, "dead")
-    if record_id is not None and len(record_id) > MAX_ID_CHARS:
-        return Sent(key, value, "dead", reason="key")
-    return Sent(key, value, "prediction", text, record_id)
+    return Sent(key, value, "prediction", text, key_id(key))
 
 
 def as_json(text: str, record_id, note, task, ascii_only: bool, key: bytes | None) -> Sent:
@@ -448,7 +456,7 @@ def as_json(text: str, record_id, note, task, ascii_only: bool, key: bytes | Non
         if field is not None:
             payload[name] = field
     value = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
-    expected_id = str(record_id) if record_id is not None else key_text(key)
+    expected_id = str(record_id) if record_id is not None else key_id(key)
     # In the order the worker checks: decode (the id), route (the task), validate (the text).
     if expected_id is not None and len(expected_id) > MAX_ID_CHARS:
         return Sent(key, value, "dead", reason="longer than")
@@ -500,7 +508,9 @@ messages = st.one_of(
     st.builds(numbered, st.integers(1, 7_900)),
     st.sampled_from(
         [
-            Sent(None, None, "dead", reason="empty message"),  # a tombstone
+            Sent(None, None, "tombstone"),
+            Sent(b"\x00\x00\x00\x00\x05deleted", None, "tombstone"),  # a tombstone with a Schema Registry key
+            Sent(None, b"", "dead", reason="empty value (0 bytes)"),
             Sent(None, b'{"text": "lone \\ud800 surrogate"}', "dead", reason="surrogate"),
             Sent(None, b'{"text": "ok", "id": "\\udc00"}', "dead", reason="surrogate"),
             Sent(None, b'{"text": "\\ud83d\\ude00"}', "prediction", "\U0001f600"),
@@ -554,12 +564,18 @@ def run_and_check(database: Database, model_dir: Path, sent: list[Sent], batch_s
 
     predicted = {row["source_offset"]: row for row in run.predictions}
     dead = {row["source_offset"]: row for row in run.dead_letters}
+    tombstones = {row["source_offset"]: row for row in run.tombstones}
     assert len(predicted) == len(run.predictions) and len(dead) == len(run.dead_letters), "an offset stored twice"
     assert not predicted.keys() & dead.keys(), "a message is both a prediction and a dead letter"
-    assert sorted(predicted.keys() | dead.keys()) == list(range(len(sent))), "a message was lost"
+    assert not tombstones.keys() & (predicted.keys() | dead.keys()), "a tombstone was also processed"
+    assert sorted(predicted.keys() | dead.keys() | tombstones.keys()) == list(range(len(sent))), "a message was lost"
 
     for offset, original in enumerate(sent):
         expected = on_database(original, dialect)
+        assert (offset in tombstones) == (expected.outcome == "tombstone"), f"message {offset}: {expected}"
+        if offset in tombstones:
+            assert tombstones[offset]["source_key"] == expected.key
+            continue
         if offset in dead:
             row = dead[offset]
             assert expected.outcome != "prediction", f"message {offset} was dead-lettered: {row['reason']!r}"
@@ -575,7 +591,7 @@ def run_and_check(database: Database, model_dir: Path, sent: list[Sent], batch_s
         else:  # random bytes that happened to be acceptable: the text is the value or its JSON "text"
             text = expected.value.decode("utf-8")
             assert row["input_text"] == (json.loads(text)["text"] if starts_like_json(text) else text)
-        assert row["source_key"] == key_text(expected.key)
+        assert row["source_key"] == expected.key and row["source_key_text"] == key_text(expected.key)
         assert row["label"] in ("negative", "positive") and 0.0 <= row["score"] <= 1.0
 
     # SQL-looking text was stored as data: every table is still there and only this run's rows were added.
@@ -604,6 +620,8 @@ KNOWN_HOSTILE = [
     plain("before", None),
     plain("nul \x00 inside", None),  # PostgreSQL refuses it: that message alone becomes a dead letter
     plain("keyed with a NUL", b"key\x00"),
+    plain("keyed with a Schema Registry frame", b"\x00\x00\x00\x00\x2a\x06abc"),
+    plain("keyed with a UUID", bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")),
     as_json("ok", "id\x00", None, None, False, None),
     as_json("ok", None, "note with \x00 is not stored", None, False, None),  # so PostgreSQL takes it
     Sent(None, b'{"text": "ok", "id": "\\udc00"}', "dead", reason="surrogate"),

@@ -17,6 +17,7 @@ MESSAGES = [
     ("plain-key", "plain text, the key is its id"),
     b"\xff\xfe not utf-8",
     {"id": "blank", "text": ""},
+    b"",
     None,
 ]
 
@@ -44,8 +45,9 @@ def test_messages_become_the_rows_a_worker_stores(sentiment_model_dir):
 
     assert [(row["record_id"], row["source_offset"], row["source_key"]) for row in run.predictions] == [
         ("json-id", 0, None),
-        ("plain-key", 1, "plain-key"),
+        ("plain-key", 1, b"plain-key"),
     ]
+    assert [row["source_key_text"] for row in run.predictions] == [None, "plain-key"]
     first = run.predictions[0]
     assert (first["task"], first["model_name"], first["backend"]) == ("sentiment", str(sentiment_model_dir), "torch")
     assert (first["source_topic"], first["source_partition"], first["input_text"]) == ("nlpkit-test", 0, "a fine film")
@@ -58,8 +60,17 @@ def test_messages_become_the_rows_a_worker_stores(sentiment_model_dir):
         (4, "decode"),
     ]
     reasons = [row["reason"] for row in run.dead_letters]
-    assert "not valid UTF-8" in reasons[0] and reasons[1:] == ["field 'text' is empty", "empty message"]
+    assert "not valid UTF-8" in reasons[0] and reasons[1:] == ["field 'text' is empty", "empty value (0 bytes)"]
     assert run.dead_letters[0]["raw_value"] == b"\xff\xfe not utf-8"
+    assert [row["source_offset"] for row in run.tombstones] == [5]  # a null value: recorded, not a dead letter
+
+
+def test_tombstones_can_be_kept_as_dead_letters(sentiment_model_dir):
+    run = run_through_worker("sentiment", sentiment_model_dir, [None], tombstones="dead-letter", device="cpu")
+    assert run.tombstones == []
+    assert [(row["stage"], row["reason"], row["raw_value"]) for row in run.dead_letters] == [
+        ("tombstone", "tombstone (null value)", None)
+    ]
 
 
 def test_batches_are_transactions_reported_to_the_hook_and_replays_overwrite(sentiment_model_dir, nlpkit_database):
@@ -71,7 +82,7 @@ def test_batches_are_transactions_reported_to_the_hook_and_replays_overwrite(sen
     assert recorder.batches == [(2, 0), (0, 2), (0, 1)]
     replay = run_through_worker("sentiment", sentiment_model_dir, MESSAGES, **options)
 
-    assert (len(replay.predictions), len(replay.dead_letters)) == (2, 3)
+    assert (len(replay.predictions), len(replay.dead_letters), len(replay.tombstones)) == (2, 3, 1)
     assert nlpkit_database.count(PredictionRow) == 2  # same topic and offsets: upserted, not duplicated
 
 

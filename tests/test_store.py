@@ -10,7 +10,7 @@ import sys
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from nlpkit import dbmigrate
 from nlpkit.errors import DatabaseNotReadyError
@@ -27,6 +27,7 @@ def prediction(offset: int, label: str = "positive", **overrides):
         "source_partition": 0,
         "source_offset": offset,
         "source_key": None,
+        "source_key_text": None,
         "record_id": str(offset),
         "input_text": f"text {offset}",
         "input_extra": None,
@@ -71,6 +72,35 @@ def test_migrations_build_exactly_the_mapped_schema_on_postgresql(postgres_url):
     check_migrations_match_models(database)
     dbmigrate.downgrade(database.engine, "base")
     assert dbmigrate.current_revision(database.engine) is None
+    database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database_url(request, sqlite_url) -> str:
+    return sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+def test_keys_stored_as_text_carry_over_to_bytes_and_back(any_database_url):
+    database = Database(any_database_url)
+    dbmigrate.upgrade(database.engine, "0002")
+    # A row as revision 0002 stored it: the key as text.
+    old = {name: value for name, value in prediction(0).items() if name != "source_key_text"}
+    old |= {"source_key": "clé", "input_extra": None, "output": "{}"}
+    with database.engine.begin() as connection:
+        placeholders = ", ".join(f":{name}" for name in old)
+        connection.execute(text(f"INSERT INTO predictions ({', '.join(old)}) VALUES ({placeholders})"), old)
+    dbmigrate.upgrade(database.engine)
+    database.write_batch([prediction(1, source_key=b"\x00\x00\x00\x00\x07k", source_key_text=None)], [])
+    with database.session() as session:
+        keys = session.execute(select(PredictionRow.source_key, PredictionRow.source_key_text)).all()
+    assert sorted(keys) == [(b"\x00\x00\x00\x00\x07k", None), ("clé".encode(), "clé")]
+
+    dbmigrate.downgrade(database.engine, "0002")
+    with database.engine.connect() as connection:
+        texts = sorted(connection.execute(text("SELECT source_key FROM predictions")).scalars())
+    assert texts == ["clé", "hex:00000000076b"]  # a binary key has no text: shown as its bytes
+    dbmigrate.upgrade(database.engine)
+    check_migrations_match_models(database)
     database.dispose()
 
 

@@ -39,7 +39,7 @@ MALFORMED = [
     (b'{"id": 4, "text": 42}', "field 'text' must be a string"),
     (b"x" * (MAX_BYTES + 1), "over the limit"),
     (b'{"id": 5, "text": "a fine film", "task": 7}', "field 'task' must be a string"),
-    (None, "empty message"),
+    (b"", "empty value (0 bytes)"),
 ]
 
 
@@ -143,7 +143,8 @@ def test_every_good_message_is_stored_once_and_every_bad_one_dead_lettered(
     assert row.input_text == "review 1: a fine film"
     assert (row.task, row.backend, row.model_name) == ("sentiment", "torch", str(sentiment_model_dir))
     assert row.output["label"] == row.label and set(row.output) == {"label", "score", "scores", "truncated"}
-    assert row.source_topic == topic and row.source_key == "k1" and row.message_timestamp is not None
+    assert row.source_topic == topic and row.message_timestamp is not None
+    assert (row.source_key, row.source_key_text) == (b"k1", "k1")
     committed, ends = committed_and_end(bootstrap, group, topic, 3)
     assert committed == ends
     database.dispose()
