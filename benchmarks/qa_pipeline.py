@@ -80,7 +80,7 @@ def main() -> None:
         return
 
     from nlpkit.modelfiles import read_metadata
-    from nlpkit.threads import available_cpus
+    from nlpkit.system.threads import available_cpus
 
     say = console(stderr=True).print
     threads = args.threads or available_cpus()
@@ -129,7 +129,7 @@ def run_variants(
     model_dir: Path, questions: list[Question], threads: int, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Every variant's result by name, and notes on the variants left out."""
-    from nlpkit.hardware import has_bf16
+    from nlpkit.system.hardware import has_bf16
     from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 
     say(f"preparing the {LEGACY_TRANSFORMERS} side environment (installs on the first run only)")
@@ -193,12 +193,12 @@ def _cached_onnx(model_dir: Path, file: str, report: str) -> bool:
     """
     from nlpkit import onnxrt
     from nlpkit.modelfiles import model_revision
-    from nlpkit.throwaway_env import cache_root
+    from nlpkit.system.cache import cache_dir
 
     revision = model_revision(model_dir)
     return any(
         (directory / file).is_file() and onnxrt.read_report(directory, report, revision) is not None
-        for directory in (model_dir / "onnx", cache_root() / "onnx" / revision)
+        for directory in (model_dir / "onnx", cache_dir() / "onnx" / revision)
     )
 
 

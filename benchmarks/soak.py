@@ -64,11 +64,12 @@ from nlpkit import dbmigrate
 from nlpkit.data import read_rows, text_field
 from nlpkit.kafkaio import admin_client, create_topic, produce
 from nlpkit.lag import consumer_lag
-from nlpkit.localservices import cache_dir, free_ports
+from nlpkit.localservices import free_ports
 from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.system.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NLPKIT_DATA", REPO.parent / "shared" / "data"))

@@ -30,7 +30,7 @@ from transformers import (
 from nlpkit import dbmigrate
 from nlpkit.modeling import native_bf16, quiet_loading
 from nlpkit.store import Database
-from nlpkit.threads import configure_threads
+from nlpkit.system.threads import configure_threads
 from nlpkit_plugins.sentiment import SentimentTask
 from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune, sample
 

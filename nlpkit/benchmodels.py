@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nlpkit.throwaway_env import cache_root
+from nlpkit.system.cache import cache_dir
 
 
 def starter_with_head(name: str, head_class: str, labels: list[str] | None = None, seed: int = 0) -> Path:
@@ -29,7 +29,7 @@ def starter_with_head(name: str, head_class: str, labels: list[str] | None = Non
     from nlpkit.modeling import quiet_loading
     from nlpkit.starter import starter_model_path
 
-    target = cache_root() / "bench-models" / name
+    target = cache_dir() / "bench-models" / name
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

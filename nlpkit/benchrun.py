@@ -39,7 +39,7 @@ def comparable(output: dict[str, Any] | None) -> Any:
 
 
 def main(spec_file: str, result_file: str) -> None:
-    from nlpkit.threads import configure_threads
+    from nlpkit.system.threads import configure_threads
 
     spec = json.loads(Path(spec_file).read_text())
     configure_threads(spec["threads"])

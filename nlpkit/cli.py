@@ -21,11 +21,11 @@ from rich.table import Table
 from nlpkit import __version__, settings
 from nlpkit.clibase import BACKEND_OPTION, CliState, NlpkitGroup, bootstrap_option, key_values, layer_list, pass_state
 from nlpkit.errors import NlpkitError
-from nlpkit.files import forbid_shared_write
 from nlpkit.localservices.commands import services
 from nlpkit.opscli import COMMANDS as OPERATIONS_COMMANDS
 from nlpkit.perfcli import COMMANDS as PERFORMANCE_COMMANDS
 from nlpkit.perfcli import quantize
+from nlpkit.system.files import forbid_shared_write
 
 stderr = Console(stderr=True)
 
@@ -296,7 +296,7 @@ def consume(
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
     from nlpkit.stream import Worker, WorkerConfig
-    from nlpkit.threads import configure_threads
+    from nlpkit.system.threads import configure_threads
 
     logging.getLogger("nlpkit").setLevel(logging.INFO)
     database = state.database()

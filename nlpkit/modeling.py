@@ -18,7 +18,6 @@ import numpy as np
 
 from nlpkit.backends import DEFAULT_MIN_AGREEMENT, Backend, get_backend
 from nlpkit.errors import ModelNotFoundError, NlpkitError
-from nlpkit.hardware import has_bf16
 from nlpkit.modelfiles import (
     ModelLookup,
     id2label,
@@ -29,7 +28,8 @@ from nlpkit.modelfiles import (
     read_metadata,
     resolve_model_path,
 )
-from nlpkit.threads import apply_to_torch, thread_count
+from nlpkit.system.hardware import has_bf16
+from nlpkit.system.threads import apply_to_torch, thread_count
 
 if TYPE_CHECKING:
     import torch

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlpkit.errors import ModelNotFoundError, NlpkitError
-from nlpkit.hardware import has_vnni
+from nlpkit.system.cache import cache_dir as nlpkit_cache_dir
+from nlpkit.system.hardware import has_vnni
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -42,7 +43,7 @@ def cache_dir(model_dir: Path, revision: str) -> Path:
     beside = model_dir / "onnx"
     if os.access(model_dir, os.W_OK) or (beside.is_dir() and os.access(beside, os.W_OK)):
         return beside
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nlpkit" / "onnx" / revision
+    return nlpkit_cache_dir() / "onnx" / revision
 
 
 def read_report(directory: Path, name: str, revision: str) -> dict[str, Any] | None:

@@ -326,8 +326,8 @@ def results(
     **filters: Any,
 ) -> None:
     """Query stored predictions and export them as JSON lines or CSV."""
-    from nlpkit.files import output_file
     from nlpkit.queries import PredictionFilter, count_predictions, iter_predictions
+    from nlpkit.system.files import output_file
 
     database = state.database()
     where = PredictionFilter(**filters)

@@ -51,7 +51,7 @@ def quantize(
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import get_task_class
     from nlpkit.quantize import quantize as make_int8
-    from nlpkit.threads import configure_threads
+    from nlpkit.system.threads import configure_threads
 
     configure_threads()
     threshold = settings.get_fraction("min_agreement", None if min_agreement is None else str(min_agreement))
@@ -107,7 +107,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     from nlpkit.modelfiles import resolve_model_path
     from nlpkit.pipelines import ModelRegistry
     from nlpkit.plugins import get_task_class
-    from nlpkit.threads import configure_threads
+    from nlpkit.system.threads import configure_threads
 
     task_class = get_task_class(task_name)
     registry = ModelRegistry(state.database(check=False))
@@ -212,7 +212,7 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
 
 
 def _caption(facts: dict[str, Any]) -> str:
-    from nlpkit.hardware import describe
+    from nlpkit.system.hardware import describe
 
     return (
         f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; % fp32 peak: "

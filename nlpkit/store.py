@@ -44,7 +44,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from nlpkit.errors import DatabaseNotReadyError, NlpkitError
-from nlpkit.termination import sigterm_interrupts
+from nlpkit.system.termination import sigterm_interrupts
 
 SQLITE_BUSY_TIMEOUT_S = 5
 
@@ -337,7 +337,7 @@ class Database:
         self, *, kind: str, task: str, model_name: str | None, base_model: str | None, params: dict[str, Any]
     ) -> Iterator[int]:
         """A run row for the duration of a block: succeeded, failed (with the error) or
-        interrupted (Ctrl-C, or SIGTERM: see :mod:`nlpkit.termination`)."""
+        interrupted (Ctrl-C, or SIGTERM: see :mod:`nlpkit.system.termination`)."""
         run_id = self.start_run(kind=kind, task=task, model_name=model_name, base_model=base_model, params=params)
         try:
             with sigterm_interrupts():

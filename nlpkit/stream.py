@@ -35,10 +35,10 @@ from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.kafkaio import client_config, cluster_metadata, new_client
-from nlpkit.memory import trim_heap
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_message, key_text
 from nlpkit.monitoring import WorkerMetrics
 from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
+from nlpkit.system.memory import trim_heap
 from nlpkit.tasks import Prediction, Record
 
 log = logging.getLogger("nlpkit.worker")
@@ -274,7 +274,7 @@ class Worker:
         self.stats.dead_letters += len(batch.dead_letters)
         self.stats.tombstones += len(batch.tombstones)
         self.stats.batches += 1
-        trim_heap()  # without it, malloc fragmentation grows RSS batch after batch (nlpkit.memory)
+        trim_heap()  # without it, malloc fragmentation grows RSS batch after batch (nlpkit.system.memory)
 
     def process(self, messages: Sequence[Message]) -> _Batch:
         """Decode, validate, predict and store one poll's messages in one transaction.

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import venv
 from pathlib import Path
+
+from nlpkit.system.cache import cache_dir
 
 LEGACY_TRANSFORMERS = "transformers==4.57.6"
 READY_MARKER = "nlpkit-ready"  # written last: an environment without it was interrupted mid-build
@@ -47,7 +48,7 @@ def cached_environment(requirement: str = LEGACY_TRANSFORMERS, root: Path | None
     environment instead of one whose .pth points elsewhere. A lock keeps two runs that
     start together from building into the same directory.
     """
-    root = root or cache_root() / "envs"
+    root = root or cache_dir() / "envs"
     borrowed = sysconfig.get_paths()["purelib"]
     tag = hashlib.sha256(borrowed.encode()).hexdigest()[:8]
     version = f"py{sys.version_info.major}.{sys.version_info.minor}"
@@ -60,8 +61,3 @@ def cached_environment(requirement: str = LEGACY_TRANSFORMERS, root: Path | None
             make_environment(path, requirement)
             (path / READY_MARKER).write_text(requirement + "\n")
     return str(path / "bin" / "python")
-
-
-def cache_root() -> Path:
-    """nlpkit's user cache, where the ONNX files of read-only models also go."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nlpkit"

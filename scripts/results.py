@@ -94,7 +94,7 @@ def hardware() -> str:
     """The CPU (with the instruction sets that decide bf16 and int8 speed), and the GPU when training had one."""
     import torch
 
-    from nlpkit.hardware import describe
+    from nlpkit.system.hardware import describe
 
     return describe() + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
@@ -274,7 +274,7 @@ def measure_students(names: dict[str, list[str]]) -> None:
     """Accuracy and best-of-3 engine throughput on SST-2 dev for the teacher and every student."""
     from nlpkit.engine import Engine
     from nlpkit.pipelines import load_task
-    from nlpkit.threads import configure_threads
+    from nlpkit.system.threads import configure_threads
     from nlpkit_plugins.sentiment import SentimentTask
 
     configure_threads()

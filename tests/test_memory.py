@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from nlpkit.memory import trim_heap
+from nlpkit.system.memory import trim_heap
 
 CHUNK = 2048  # far below glibc's mmap threshold, so every chunk comes from the heap
 CHUNKS = 100_000  # about 200 MiB

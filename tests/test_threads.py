@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlpkit.threads import _cgroup_cpu_quota, configure_threads
+from nlpkit.system.threads import _cgroup_cpu_quota, configure_threads
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_the_default_follows_the_cpu_affinity_mask() -> None:
     code = (
         "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
         "os.environ.pop('NLPKIT_THREADS', None); "
-        "from nlpkit.threads import configure_threads; print(configure_threads())"
+        "from nlpkit.system.threads import configure_threads; print(configure_threads())"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "1"

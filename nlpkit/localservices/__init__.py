@@ -9,7 +9,6 @@ whether a recorded pid is still the service it was.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections import deque
@@ -63,12 +62,6 @@ def service_status(service: type[LocalService], data_dir: Path) -> ServiceStatus
         return service.attach(data_dir).status()
     except ServiceError:
         return ServiceStatus(False, data_dir)
-
-
-def cache_dir() -> Path:
-    """Base directory for downloads and the persistent service data (``NLPKIT_CACHE_DIR`` overrides)."""
-    override = os.environ.get("NLPKIT_CACHE_DIR")
-    return Path(override) if override else Path.home() / ".cache" / "nlpkit"
 
 
 def free_ports(count: int) -> list[int]:

@@ -41,7 +41,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from nlpkit.localservices import (
     ServiceStatus,
-    cache_dir,
     free_ports,
     log_tail,
     port_is_free,
@@ -53,6 +52,7 @@ from nlpkit.localservices import (
     write_state,
 )
 from nlpkit.localservices.errors import ServiceError
+from nlpkit.system.cache import cache_dir
 
 KAFKA_VERSION = "4.3.1"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"

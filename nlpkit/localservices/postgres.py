@@ -28,7 +28,6 @@ from psycopg import sql
 
 from nlpkit.localservices import (
     ServiceStatus,
-    cache_dir,
     free_ports,
     log_tail,
     port_is_free,
@@ -40,6 +39,7 @@ from nlpkit.localservices import (
     write_state,
 )
 from nlpkit.localservices.errors import ServiceError
+from nlpkit.system.cache import cache_dir
 
 PG_USER = "nlpkit"
 PG_PASSWORD = "nlpkit"
