@@ -341,7 +341,7 @@ def _pipeline_runner(spec: dict[str, Any]) -> Runner:
 def _engine_runner(spec: dict[str, Any]) -> Runner:
     from nlpkit.engine import Engine, RecordFailure
     from nlpkit.pipelines import load_task
-    from nlpkit.tasks import Record
+    from nlpkit.tasks.base import Record
 
     task = load_task("qa", spec["model"], backend=spec["backend"], device="cpu", **QA_OPTIONS)
     engine = Engine(task)

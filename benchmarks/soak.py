@@ -61,7 +61,6 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from nlpkit import dbmigrate
-from nlpkit.data import read_rows, text_field
 from nlpkit.kafkaio import admin_client, create_topic, produce
 from nlpkit.lag import consumer_lag
 from nlpkit.localservices import free_ports
@@ -70,6 +69,7 @@ from nlpkit.localservices.postgres import PostgresServer
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
 from nlpkit.system.cache import cache_dir
+from nlpkit.tasks.readers import read_rows, text_field
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NLPKIT_DATA", REPO.parent / "shared" / "data"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nlpkit.errors import NlpkitError
-from nlpkit.tasks import Example, Prediction, Record
+from nlpkit.tasks.base import Example, Prediction, Record
 
 Progress = Callable[[str], None]
 

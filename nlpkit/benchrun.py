@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 
 WARMUP_RECORDS = 32
 COMPARED_KEYS = ("label", "labels", "entities", "answers")  # what a pipeline can be compared on

@@ -123,8 +123,8 @@ def _predict_command(task_class: type) -> click.Command:
         batch_size: int,
         **options: Any,
     ) -> None:
-        from nlpkit.data import input_lines
         from nlpkit.pipelines import ModelRegistry, Pipeline, load_task
+        from nlpkit.tasks.readers import input_lines
 
         if not texts and input_path is None and sys.stdin.isatty():
             raise click.UsageError("give texts as arguments, or --input FILE, or pipe lines to stdin")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nlpkit.errors import NlpkitError
-from nlpkit.tasks import Prediction, Record, Task, Window
+from nlpkit.tasks.base import Prediction, Record, Task, Window
 
 DEFAULT_BATCH_SIZE = 32
 # Padded tokens per batch. On CPU a batch that fits the caches wins: 256-token IMDb

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from nlpkit.engine import Engine
 from nlpkit.store import Database
-from nlpkit.tasks import Example, Task
+from nlpkit.tasks.base import Example, Task
 
 
 def evaluate(

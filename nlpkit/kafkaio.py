@@ -13,8 +13,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from nlpkit import settings
-from nlpkit.data import TEXT_COLUMNS, read_rows
 from nlpkit.errors import DataFormatError, NlpkitError
+from nlpkit.tasks.readers import TEXT_COLUMNS, read_rows
 
 Client = TypeVar("Client", AdminClient, Consumer, Producer)
 Headers = dict[str, bytes]

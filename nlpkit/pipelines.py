@@ -18,7 +18,7 @@ from nlpkit.errors import DatabaseNotReadyError, InvalidRecordError, ModelNotFou
 from nlpkit.modeling import load_model
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
-from nlpkit.tasks import Record, Task
+from nlpkit.tasks.base import Record, Task
 
 
 class ModelRegistry:

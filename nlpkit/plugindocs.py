@@ -105,7 +105,7 @@ def _markdown(docstring: str) -> str:
 
 
 def _inline(line: str) -> str:
-    line = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", line)  # :class:`nlpkit.tasks.Task` -> `nlpkit.tasks.Task`
+    line = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", line)  # :class:`nlpkit.tasks.base.Task` -> `nlpkit.tasks.base.Task`
     return re.sub(r"``([^`]+)``", r"`\1`", line)
 
 

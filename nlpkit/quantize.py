@@ -43,7 +43,7 @@ from nlpkit.onnxexport import exported_model
 from nlpkit.outliers import ChannelMaxima, is_outlier_node, probed_inputs, split_outliers
 from nlpkit.system.hardware import has_vnni
 from nlpkit.system.threads import thread_count
-from nlpkit.tasks import Record, Task
+from nlpkit.tasks.base import Record, Task
 
 QUANTIZED_OPS = ("MatMul", "Attention")  # where int8 pays; a Gather (embedding lookup) would only lose accuracy
 # The sample aims for half the disagreement the minimum allows, and it must be large enough

@@ -39,7 +39,7 @@ from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode
 from nlpkit.monitoring import WorkerMetrics
 from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
 from nlpkit.system.memory import trim_heap
-from nlpkit.tasks import Prediction, Record
+from nlpkit.tasks.base import Prediction, Record
 
 log = logging.getLogger("nlpkit.worker")
 T = TypeVar("T")

@@ -4,12 +4,9 @@ model's maximum and flagged when that cut something off, and text-level training
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nlpkit.tasks import EncodedExample, Example, Window
-
-if TYPE_CHECKING:  # importing modeling loads torch and transformers: seconds that `nlpkit --help` must not pay
-    from nlpkit.modeling import LoadedModel
+from nlpkit.tasks.base import EncodedExample, Example, TaskModel, Window
 
 
 def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[Window]]:
@@ -33,7 +30,7 @@ def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> 
 
 
 def encode_labelled_texts(
-    model: LoadedModel,
+    model: TaskModel,
     examples: Sequence[Example],
     max_length: int,
     targets: Callable[[Example, dict[str, int]], Any],

@@ -44,4 +44,32 @@ say "Fetching Kafka's jars and checking for PostgreSQL"
 command -v java >/dev/null 2>&1 || fail "java is missing: install a JDK 17 or newer (Debian: apt-get install openjdk-17-jdk-headless)"
 command -v mvn >/dev/null 2>&1 || fail "mvn is missing: install Maven (Debian: apt-get install maven)"
 .venv/bin/nlpkit services install
+
+# --- The Kubernetes manifests' validators (tests/test_deploy.py) -----------------------------------------
+# kustomize renders deploy/ as `kubectl apply -k` would; KEDA's CRDs are the schema of its ScaledObject and
+# TriggerAuthentication, and its Kafka scaler's source names the trigger's parameters. Both come through
+# the go command from the Go module proxy, at the versions deploy/tools.env names, into nlpkit's cache.
+# The Kubernetes schemas come with the kubernetes-validate package (a dev dependency, installed above).
+say "Fetching kustomize and KEDA's CRDs for the deploy/ checks"
+command -v go >/dev/null 2>&1 || fail "go is missing: install Go 1.26 or newer"
+# shellcheck source=../deploy/tools.env
+. deploy/tools.env
+deploy_tools=${NLPKIT_CACHE_DIR:-$HOME/.cache/nlpkit}/deploy-tools
+mkdir -p "$deploy_tools"
+deploy_go() { GOMODCACHE="$deploy_tools/go-mod" GOFLAGS="${GOFLAGS:+$GOFLAGS }-modcacherw" go "$@"; }
+if [ ! -x "$deploy_tools/kustomize-$KUSTOMIZE_VERSION/kustomize" ]; then
+  GOBIN="$deploy_tools/kustomize-$KUSTOMIZE_VERSION" deploy_go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+keda=$deploy_tools/keda-$KEDA_VERSION
+if [ ! -f "$keda/kafka_scaler.go" ]; then
+  # Outside any Go module (go.mod), where `go mod download` fetches the module itself; -json reports any error.
+  download=$(cd "$deploy_tools" && deploy_go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION") || true
+  module=$(printf '%s' "$download" \
+    | .venv/bin/python -c 'import json, sys; m = json.load(sys.stdin); sys.exit(m["Error"]) if "Error" in m else print(m["Dir"])')
+  rm -rf "$keda.partial" && mkdir -p "$keda.partial"
+  cp "$module/config/crd/bases/keda.sh_scaledobjects.yaml" "$module/config/crd/bases/keda.sh_triggerauthentications.yaml" \
+    "$module/pkg/scalers/kafka_scaler.go" "$keda.partial/"
+  rm -rf "$keda" && mv "$keda.partial" "$keda"
+fi
+
 say "Setup complete"

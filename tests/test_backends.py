@@ -19,7 +19,7 @@ from nlpkit.errors import ModelNotFoundError, NlpkitError
 from nlpkit.modeling import load_model
 from nlpkit.pipelines import load_task
 from nlpkit.quantize import quantize
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
 WORDS = "the film was great awful good bad movie staff food price hotel room boring fun".split()

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, DistilBertForMaskedLM
 
 from nlpkit.errors import NlpkitError
-from nlpkit.tasks import EncodedExample
+from nlpkit.tasks.base import EncodedExample
 from nlpkit.testing import DISTILBERT_HEADS, save_tiny_distilbert, tiny_vocab
 from nlpkit_plugins.trainer.distill import DistillConfig, distill
 from nlpkit_plugins.trainer.losses import TripleLossWeights, task_soft_target_loss, triple_loss

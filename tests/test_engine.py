@@ -9,7 +9,7 @@ import pytest
 
 from nlpkit.engine import Engine, RecordFailure
 from nlpkit.modeling import load_model
-from nlpkit.tasks import Prediction, Record, Window
+from nlpkit.tasks.base import Prediction, Record, Window
 from nlpkit_plugins.sentiment import SentimentTask
 
 TEXTS = [

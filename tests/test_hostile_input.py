@@ -32,11 +32,11 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect
 
 from nlpkit import dbmigrate
-from nlpkit.data import input_lines, read_rows
 from nlpkit.errors import DataFormatError
 from nlpkit.harness import run_through_worker
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_ID_CHARS, Decoded, Rejected, decode_message
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.tasks.readers import input_lines, read_rows
 
 SQL_TEXT = [
     "'; DROP TABLE predictions; --",

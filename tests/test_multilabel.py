@@ -14,10 +14,10 @@ from transformers import pipeline as hf_pipeline
 from nlpkit.cli import build_cli
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError
-from nlpkit.metrics import multilabel_f1
 from nlpkit.modelfiles import read_metadata
 from nlpkit.modeling import load_model
-from nlpkit.tasks import Prediction, Record
+from nlpkit.tasks.base import Prediction, Record
+from nlpkit.tasks.metrics import multilabel_f1
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.multilabel import MultilabelTask
 from nlpkit_plugins.multilabel.data import read_multilabel_examples

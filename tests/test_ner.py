@@ -11,11 +11,11 @@ import pytest
 from safetensors.torch import load_file, save_file
 from transformers import pipeline as hf_pipeline
 
-from nlpkit import metrics
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.modeling import load_model
-from nlpkit.tasks import Record
+from nlpkit.tasks import metrics
+from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.ner import NerTask
 from nlpkit_plugins.ner.data import read_ner_examples, to_bio

@@ -17,7 +17,7 @@ from nlpkit.engine import Engine
 from nlpkit.onnxexport import exported_model
 from nlpkit.pipelines import load_task
 from nlpkit.quantize import quantize
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 from tests.test_backends import sentences
 
 

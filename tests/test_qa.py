@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit import metrics
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.modelfiles import weights_digest
 from nlpkit.modeling import load_model
-from nlpkit.tasks import Example, Prediction, Record
+from nlpkit.tasks import metrics
+from nlpkit.tasks.base import Example, Prediction, Record
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.qa import QaTask
 from nlpkit_plugins.qa.data import read_qa_examples, split_squad

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, InvalidRecordError
 from nlpkit.modeling import load_model
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 from nlpkit_plugins.sentiment import SentimentTask
 
 LONG_TEXT = " ".join(["the film was good but far too long"] * 40)  # far beyond 64 positions

@@ -15,7 +15,7 @@ from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.modelfiles import read_metadata
 from nlpkit.modeling import load_model
 from nlpkit.store import TrainingRunRow
-from nlpkit.tasks import Record
+from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.sentiment import SentimentTask
 from nlpkit_plugins.trainer.batching import length_grouped_batches

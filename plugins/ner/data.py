@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from nlpkit.data import read_rows
 from nlpkit.errors import DataFormatError
-from nlpkit.tasks import Example, Record
+from nlpkit.tasks.base import Example, Record
+from nlpkit.tasks.readers import read_rows
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 

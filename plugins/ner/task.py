@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit import metrics
 from nlpkit.errors import NlpkitError
-from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
+from nlpkit.tasks import metrics, softmax
+from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
 from nlpkit_plugins.ner.aggregation import STRATEGIES, Token, mark_cuts, merge_windows, window_entities
 from nlpkit_plugins.ner.data import read_ner_examples
 
@@ -107,7 +107,7 @@ class NerTask(Task):
         found = []
         for window, output in zip(windows, outputs, strict=True):
             info: _WindowInfo = window.context
-            scores = _softmax_rows(output["logits"])
+            scores = softmax(output["logits"])
             tokens = [
                 Token(position, start, end, scores[position], info.subword[position])
                 for position, ((start, end), special) in enumerate(zip(info.offsets, info.special, strict=True))
@@ -207,8 +207,3 @@ def word_tags(words: Sequence[str], entities: Sequence[Mapping[str, Any]]) -> li
         for order, index in enumerate(covered):
             tags[index] = ("B-" if order == 0 else "I-") + entity["type"]
     return tags
-
-
-def _softmax_rows(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nlpkit.data import read_rows
 from nlpkit.errors import DataFormatError
-from nlpkit.tasks import Example, Record
+from nlpkit.tasks.base import Example, Record
+from nlpkit.tasks.readers import read_rows
 
 
 def read_qa_examples(path: Path) -> list[Example]:

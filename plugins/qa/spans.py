@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nlpkit.tasks import softmax
+
 MASKED_LOGIT = -10000.0
 NO_ANSWER_START = 1_000_000.0  # larger than any probability: "no window has offered a null score yet"
 
@@ -31,8 +33,8 @@ def window_probabilities(
     start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Softmaxed start/end probabilities over the allowed tokens, and the [CLS] pair's score."""
-    start = _softmax(np.where(allowed, start_logits, MASKED_LOGIT).astype(np.float32))
-    end = _softmax(np.where(allowed, end_logits, MASKED_LOGIT).astype(np.float32))
+    start = softmax(np.where(allowed, start_logits, MASKED_LOGIT).astype(np.float32))
+    end = softmax(np.where(allowed, end_logits, MASKED_LOGIT).astype(np.float32))
     null_score = float(start[0] * end[0])
     start[0] = end[0] = 0.0
     return start, end, null_score
@@ -68,8 +70,3 @@ def add_answer(answers: list[Answer], text: str, start: int, end: int, score: fl
 
 def ranked(answers: Sequence[Answer], top_k: int) -> list[Answer]:
     return sorted(answers, key=lambda answer: answer.score, reverse=True)[:top_k]
-
-
-def _softmax(values: np.ndarray) -> np.ndarray:
-    shifted = np.exp(values - values.max())
-    return shifted / shifted.sum()

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit import metrics
-from nlpkit.data import read_rows, text_field
 from nlpkit.errors import DataFormatError
-from nlpkit.tasks import EncodedExample, Example, Prediction, Record, Task, Window
+from nlpkit.tasks import metrics, softmax
+from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, Window
+from nlpkit.tasks.readers import read_rows, text_field
 from nlpkit_plugins.text_classification import encode_labelled_texts, truncated_windows
 
 # SST-2 and IMDb both write 0 for negative and 1 for positive.
@@ -69,11 +69,6 @@ class SentimentTask(Task):
         predicted = [str(prediction.label) for prediction in predictions]
         gold = [example.target for example in examples]
         return {"accuracy": metrics.accuracy(predicted, gold), "f1": metrics.macro_f1(predicted, gold)}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 def _class_index(example: Example, label2id: dict[str, int]) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nlpkit.tasks import EncodedExample
+from nlpkit.tasks.base import EncodedExample
 
 # How many batches' worth of examples are sorted together. Large enough that batches
 # hold similar lengths, small enough that the order stays random from epoch to epoch.

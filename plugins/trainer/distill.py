@@ -37,7 +37,7 @@ from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
-from nlpkit.tasks import Task
+from nlpkit.tasks.base import Task
 from nlpkit_plugins.trainer.batching import pad
 from nlpkit_plugins.trainer.finetune import FineTuneResult, sample, save_model
 from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop

@@ -28,7 +28,7 @@ from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
-from nlpkit.tasks import Example, Task
+from nlpkit.tasks.base import Example, Task
 from nlpkit_plugins.trainer.batching import collate
 from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from nlpkit.tasks import EncodedExample
+from nlpkit.tasks.base import EncodedExample
 from nlpkit_plugins.trainer.batching import collate, pad
 
 PREFIX = "teacher_"  # batch keys that carry the teacher's outputs, not the model's inputs

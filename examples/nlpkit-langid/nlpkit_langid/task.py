@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from nlpkit.tasks import Prediction, Record, Task, Window
+from nlpkit.tasks.base import Prediction, Record, Task, Window
 
 
 class LanguageIdTask(Task):

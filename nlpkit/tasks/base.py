@@ -13,14 +13,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from nlpkit.errors import InvalidRecordError, NlpkitError
 
-if TYPE_CHECKING:
-    from nlpkit.modeling import LoadedModel
+
+class TaskModel(Protocol):
+    """What a task reads from the model it is given: ``nlpkit.inference.LoadedModel`` is one.
+
+    A protocol rather than that class, so the task contract stays below everything that
+    loads and runs models (nothing here imports torch or a backend).
+    """
+
+    name: str
+    tokenizer: Any  # a transformers fast tokenizer
+    max_length: int  # the most tokens one window may hold, special tokens included
+    config: dict[str, Any]  # the model's config.json
+    metadata: dict[str, Any]  # the model directory's nlpkit.json (thresholds and the like)
+    device: str
+
+    @property
+    def id2label(self) -> dict[int, str]: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,7 @@ class Task(ABC):
     head_config: ClassVar[dict[str, Any]] = {}
     evaluation_options: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, model: LoadedModel, **options: Any) -> None:
+    def __init__(self, model: TaskModel, **options: Any) -> None:
         known = {option.name: option for option in self.options}
         unknown = sorted(set(options) - set(known))
         if unknown:
