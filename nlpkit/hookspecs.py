@@ -37,7 +37,7 @@ def register_tasks(register: Callable[[type[Task]], None]) -> None:
     """Make tasks available to ``nlpkit predict``, ``consume``, ``train`` and ``evaluate``.
 
     Called once, when nlpkit first needs the task table. Call ``register(TaskClass)``
-    for each :class:`nlpkit.tasks.base.Task` subclass the plugin provides; the class's
+    for each :class:`nlpkit.tasks.Task` subclass the plugin provides; the class's
     ``name`` attribute is the name users type (``nlpkit predict NAME``). Two plugins
     registering the same name is an error that names both plugins.
 
