@@ -79,7 +79,7 @@ def main() -> None:
         run_child(*args.child)
         return
 
-    from nlpkit.modelfiles import read_metadata
+    from nlpkit.models.files import read_metadata
     from nlpkit.system.threads import available_cpus
 
     say = console(stderr=True).print
@@ -171,16 +171,16 @@ def run_variants(
 
 def int8_exists(model_dir: Path) -> bool:
     """Whether ``--backend int8`` would find a quantized file for these weights (checked without loading)."""
-    from nlpkit import onnxrt
+    from nlpkit.inference.onnx import runtime
 
-    return _cached_onnx(model_dir, onnxrt.INT8_FILE, onnxrt.INT8_REPORT)
+    return _cached_onnx(model_dir, runtime.INT8_FILE, runtime.INT8_REPORT)
 
 
 def onnx_exported(model_dir: Path) -> bool:
     """Whether the fp32 ONNX file exists already, so the onnx variant's load time holds no export."""
-    from nlpkit import onnxrt
+    from nlpkit.inference.onnx import runtime
 
-    return _cached_onnx(model_dir, onnxrt.FP32_FILE, onnxrt.EXPORT_REPORT)
+    return _cached_onnx(model_dir, runtime.FP32_FILE, runtime.EXPORT_REPORT)
 
 
 def _cached_onnx(model_dir: Path, file: str, report: str) -> bool:
@@ -191,13 +191,13 @@ def _cached_onnx(model_dir: Path, file: str, report: str) -> bool:
     script independent of that helper's signature; a file the loader still refuses makes
     the variant fail, which the report shows as skipped with the loader's reason.
     """
-    from nlpkit import onnxrt
-    from nlpkit.modelfiles import model_revision
+    from nlpkit.inference.onnx import runtime
+    from nlpkit.models.files import model_revision
     from nlpkit.system.cache import cache_dir
 
     revision = model_revision(model_dir)
     return any(
-        (directory / file).is_file() and onnxrt.read_report(directory, report, revision) is not None
+        (directory / file).is_file() and runtime.read_report(directory, report, revision) is not None
         for directory in (model_dir / "onnx", cache_dir() / "onnx" / revision)
     )
 
@@ -339,7 +339,7 @@ def _pipeline_runner(spec: dict[str, Any]) -> Runner:
 
 
 def _engine_runner(spec: dict[str, Any]) -> Runner:
-    from nlpkit.engine import Engine, RecordFailure
+    from nlpkit.inference.engine import Engine, RecordFailure
     from nlpkit.pipelines import load_task
     from nlpkit.tasks.base import Record
 

@@ -187,8 +187,8 @@ def prepare_model(args: argparse.Namespace, run_dir: Path) -> tuple[Path, str]:
 def ensure_starter() -> Path:
     """Convert the starter backbone once; a half-written conversion never counts as done."""
     if not (STARTER_DIR / "config.json").is_file():
-        from nlpkit.convert import convert_bert_to_distilbert
-        from nlpkit.starter import starter_model_path
+        from nlpkit.models.convert import convert_bert_to_distilbert
+        from nlpkit.models.starter import starter_model_path
 
         partial = STARTER_DIR.with_name(f"{STARTER_DIR.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)

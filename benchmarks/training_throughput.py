@@ -28,7 +28,8 @@ from transformers import (
 )
 
 from nlpkit import dbmigrate
-from nlpkit.modeling import native_bf16, quiet_loading
+from nlpkit.inference.loading import native_bf16
+from nlpkit.models.files import quiet_loading
 from nlpkit.store import Database
 from nlpkit.system.threads import configure_threads
 from nlpkit_plugins.sentiment import SentimentTask

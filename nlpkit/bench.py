@@ -145,7 +145,7 @@ def _child(spec: dict[str, Any], scratch: Path, name: str, progress: Progress) -
 
 def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str]) -> str:
     """The backend to stream with: the fastest whose answers match fp32 on at least 99% of records."""
-    from nlpkit.agreement import agreement
+    from nlpkit.inference.agreement import agreement
 
     reference = results.get("engine torch")
     candidates = []
@@ -158,7 +158,7 @@ def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str
 
 
 def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], peak_gflops: float) -> list[BenchRow]:
-    from nlpkit.agreement import agreement
+    from nlpkit.inference.agreement import agreement
     from nlpkit.plugins import get_task_class
 
     count = len(plan.examples)

@@ -24,10 +24,9 @@ def starter_with_head(name: str, head_class: str, labels: list[str] | None = Non
     import transformers
     from transformers import AutoTokenizer
 
-    from nlpkit.convert import convert_bert_to_distilbert
-    from nlpkit.modelfiles import write_metadata
-    from nlpkit.modeling import quiet_loading
-    from nlpkit.starter import starter_model_path
+    from nlpkit.models.convert import convert_bert_to_distilbert
+    from nlpkit.models.files import quiet_loading, write_metadata
+    from nlpkit.models.starter import starter_model_path
 
     target = cache_dir() / "bench-models" / name
     if (target / "config.json").is_file():

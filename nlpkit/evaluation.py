@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from nlpkit.engine import Engine
+from nlpkit.inference.engine import Engine
 from nlpkit.store import Database
 from nlpkit.tasks.base import Example, Task
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from nlpkit import dbmigrate
-from nlpkit.engine import Engine
+from nlpkit.inference.engine import Engine
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, StandInMessage
 from nlpkit.pipelines import ModelRegistry, load_task
 from nlpkit.plugins import load_plugins

@@ -235,7 +235,7 @@ def dead_letters_replay(
 
 
 def _replay_directly(database: Any, letters: list[Any], model: str | None) -> Any:
-    from nlpkit.engine import Engine
+    from nlpkit.inference.engine import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.replay import process_directly
 

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import settings
-from nlpkit.backends import BACKENDS
 from nlpkit.clibase import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
+from nlpkit.inference.backends import BACKENDS
 
 stderr = Console(stderr=True)
 
@@ -48,9 +48,9 @@ def quantize(
     --min-agreement of the calibration records get the same answer as fp32. The
     result is cached beside the model.
     """
+    from nlpkit.inference.onnx.quantize import quantize as make_int8
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import get_task_class
-    from nlpkit.quantize import quantize as make_int8
     from nlpkit.system.threads import configure_threads
 
     configure_threads()
@@ -104,7 +104,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     from contextlib import ExitStack
 
     from nlpkit import bench as benchmark
-    from nlpkit.modelfiles import resolve_model_path
+    from nlpkit.models.files import resolve_model_path
     from nlpkit.pipelines import ModelRegistry
     from nlpkit.plugins import get_task_class
     from nlpkit.system.threads import configure_threads
@@ -154,14 +154,14 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
 
 def _ensure_int8(task_name: str, model: str, registry: Any, data: Path, seed: int) -> None:
     """Make the int8 model with the default calibration when it does not exist yet."""
-    from nlpkit import onnxrt
+    from nlpkit.inference.onnx import runtime
+    from nlpkit.inference.onnx.quantize import quantize as make_int8
     from nlpkit.pipelines import load_task
     from nlpkit.plugins import get_task_class
-    from nlpkit.quantize import quantize as make_int8
 
     task = load_task(task_name, model, registry=registry)
-    if onnxrt.read_report(
-        onnxrt.cache_dir(task.model.path, task.model.revision), onnxrt.INT8_REPORT, task.model.revision
+    if runtime.read_report(
+        runtime.cache_dir(task.model.path, task.model.revision), runtime.INT8_REPORT, task.model.revision
     ):
         return
     records = _calibration_records(get_task_class(task_name), data, 512, seed)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from nlpkit import settings
-from nlpkit.engine import DEFAULT_BATCH_SIZE, Engine
 from nlpkit.errors import DatabaseNotReadyError, InvalidRecordError, ModelNotFoundError
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import DEFAULT_BATCH_SIZE, Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
 from nlpkit.tasks.base import Record, Task

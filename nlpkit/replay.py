@@ -20,7 +20,7 @@ from nlpkit.queries import mark_replayed
 from nlpkit.store import Database, DeadLetterRow, as_utc
 
 if TYPE_CHECKING:
-    from nlpkit.engine import Engine
+    from nlpkit.inference.engine import Engine
 
 REPLAY_HEADER = "nlpkit.replay-of"
 

@@ -326,7 +326,7 @@ class Database:
             return True
 
     def model_path(self, name: str) -> Path | None:
-        """A ``ModelLookup`` for :func:`nlpkit.modeling.load_model`."""
+        """A ``ModelLookup`` for :func:`nlpkit.inference.loading.load_model`."""
         entry = self.find_model(name)
         return entry.path if entry else None
 

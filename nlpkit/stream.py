@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer, TopicPartition
 
 from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
-from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import InvalidRecordError, NlpkitError
+from nlpkit.inference.engine import Engine, RecordFailure
 from nlpkit.kafkaio import client_config, cluster_metadata, new_client
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_message, key_text
 from nlpkit.monitoring import WorkerMetrics

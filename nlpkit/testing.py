@@ -41,7 +41,7 @@ from transformers import (
 
 from nlpkit.harness import WorkerRun as WorkerRun
 from nlpkit.harness import run_through_worker as run_through_worker
-from nlpkit.modeling import quiet_loading
+from nlpkit.models.files import quiet_loading
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

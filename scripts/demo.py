@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from nlpkit import dbmigrate, settings
 from nlpkit.kafkaio import create_topic, file_messages, produce
 from nlpkit.localservices.kafka import ensure_kafka_jars, local_broker_status, start_local_broker, stop_local_broker
-from nlpkit.starter import starter_model_path
+from nlpkit.models.starter import starter_model_path
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def ensure_model(database: Database, sst2: Path) -> None:
     if database.find_model(MODEL_NAME) is not None:
         console.print(f"Using the registered sentiment model [bold]{MODEL_NAME}[/bold].")
         return
-    from nlpkit.convert import convert_bert_to_distilbert
+    from nlpkit.models.convert import convert_bert_to_distilbert
     from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune
 
     backbone = settings.models_dir() / BACKBONE_NAME

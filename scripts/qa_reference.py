@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nlpkit.modelfiles import weights_digest
+from nlpkit.models.files import weights_digest
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 

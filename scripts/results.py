@@ -272,7 +272,7 @@ def students_table(teacher: dict[str, float], students: dict[str, dict[str, dict
 
 def measure_students(names: dict[str, list[str]]) -> None:
     """Accuracy and best-of-3 engine throughput on SST-2 dev for the teacher and every student."""
-    from nlpkit.engine import Engine
+    from nlpkit.inference.engine import Engine
     from nlpkit.pipelines import load_task
     from nlpkit.system.threads import configure_threads
     from nlpkit_plugins.sentiment import SentimentTask

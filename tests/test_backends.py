@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpkit import onnxrt
-from nlpkit import quantize as quantize_module
-from nlpkit.agreement import agreement, decision, distance
-from nlpkit.engine import Engine
 from nlpkit.errors import ModelNotFoundError, NlpkitError
-from nlpkit.modeling import load_model
+from nlpkit.inference.agreement import agreement, decision, distance
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
+from nlpkit.inference.onnx import quantize as quantize_module
+from nlpkit.inference.onnx import runtime
+from nlpkit.inference.onnx.quantize import quantize
 from nlpkit.pipelines import load_task
-from nlpkit.quantize import quantize
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
@@ -65,7 +65,7 @@ def test_the_onnx_forward_matches_torch_logits_on_padded_batches(sentiment_copy:
 
 def test_the_export_is_cached_beside_the_model_and_redone_for_new_weights(sentiment_copy: Path) -> None:
     load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
-    exported = sentiment_copy / "onnx" / onnxrt.FP32_FILE
+    exported = sentiment_copy / "onnx" / runtime.FP32_FILE
     first = exported.stat().st_mtime_ns
     load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
     assert exported.stat().st_mtime_ns == first
@@ -108,7 +108,7 @@ def test_quantize_reaches_the_agreement_it_reports(sentiment_copy: Path) -> None
     int8 = Engine(load_task("sentiment", str(sentiment_copy), backend="int8")).predict(calibration)
     fp32 = Engine(task).predict(calibration)
     assert agreement([p.output for p in fp32], [p.output for p in int8]) == pytest.approx(report.agreement)
-    saved = json.loads((sentiment_copy / "onnx" / onnxrt.INT8_REPORT).read_text())
+    saved = json.loads((sentiment_copy / "onnx" / runtime.INT8_REPORT).read_text())
     assert saved["revision"] == task.model.revision and saved["agreement"] == report.agreement
 
 
@@ -116,7 +116,7 @@ def test_the_int8_gate_refuses_below_the_minimum(sentiment_copy: Path, monkeypat
     task = load_task("sentiment", str(sentiment_copy))
     report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
     with pytest.raises(NlpkitError, match="refusing the int8 version"):
-        onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
+        runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
     monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
     assert load_task("sentiment", str(sentiment_copy), backend="int8").model.backend.name == "int8"
 
@@ -129,12 +129,12 @@ def test_weights_get_seven_bits_without_vnni_and_eight_bit_files_are_refused_the
     task = load_task("sentiment", str(sentiment_copy))
     report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
     assert report.reduce_range is not vnni
-    monkeypatch.setattr(onnxrt, "has_vnni", lambda: False)  # the file moves to a CPU without VNNI
+    monkeypatch.setattr(runtime, "has_vnni", lambda: False)  # the file moves to a CPU without VNNI
     if vnni:
         with pytest.raises(NlpkitError, match="quantized for CPUs with VNNI"):
-            onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5)
+            runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5)
     else:
-        assert onnxrt.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
+        assert runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
 
 
 def test_a_bad_min_agreement_setting_is_one_clear_error(sentiment_copy: Path, monkeypatch) -> None:

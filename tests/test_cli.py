@@ -86,7 +86,7 @@ def test_db_upgrade_current_history_downgrade(nlpkit):
 
 def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home):
     from nlpkit import settings
-    from nlpkit.modelfiles import model_revision
+    from nlpkit.models.files import model_revision
     from nlpkit.store import Database
 
     nlpkit("db", "upgrade")

@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from nlpkit.convert import ConversionError, convert_bert_to_distilbert, select_layers
+from nlpkit.models.convert import ConversionError, convert_bert_to_distilbert, select_layers
 from nlpkit.testing import save_tiny_bert
 
 TOLERANCE = 1e-4

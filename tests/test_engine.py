@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from nlpkit.engine import Engine, RecordFailure
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine, RecordFailure
+from nlpkit.inference.loading import load_model
 from nlpkit.tasks.base import Prediction, Record, Window
 from nlpkit_plugins.sentiment import SentimentTask
 
@@ -41,7 +41,7 @@ def test_results_come_back_in_input_order_whatever_the_batching(task):
 def test_batches_are_sorted_by_length_and_respect_the_token_budget(task):
     engine = Engine(task, batch_size=3, max_batch_tokens=40)
     items = [window for record_windows in task.windows(records(TEXTS)) for window in record_windows]
-    from nlpkit.engine import _Item
+    from nlpkit.inference.engine import _Item
 
     batches = engine._batches([_Item(i, 0, window.input_ids) for i, window in enumerate(items)])
     lengths = [len(item.ids) for batch in batches for item in batch]
@@ -52,7 +52,7 @@ def test_batches_are_sorted_by_length_and_respect_the_token_budget(task):
 
 
 def test_long_windows_batch_within_the_attention_budget(task):
-    from nlpkit.engine import _Item
+    from nlpkit.inference.engine import _Item
 
     engine = Engine(task, batch_size=64, max_batch_tokens=10**6, max_batch_attention=4 * 100 * 100)
     lengths = [100] * 10 + [20] * 60

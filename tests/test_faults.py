@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import func, select
 from workers import migrated, start_worker, stop, unique, wait_for
 
-from nlpkit.engine import Engine
 from nlpkit.harness import run_through_worker
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.kafkaio import create_topic, produce
 from nlpkit.lag import consumer_lag
 from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
-from nlpkit.modeling import load_model
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
 from nlpkit.stream import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask

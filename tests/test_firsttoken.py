@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from nlpkit.benchrun import ShapeFlops
-from nlpkit.firsttoken import compute_first_token_only
-from nlpkit.modelfiles import ModelShape
-from nlpkit.modeling import load_model
+from nlpkit.inference.loading import load_model
+from nlpkit.models.cls_only import compute_first_token_only
+from nlpkit.models.files import ModelShape
 from nlpkit.testing import save_tiny_distilbert
 
 HEAD = "AutoModelForSequenceClassification"

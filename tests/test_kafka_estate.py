@@ -22,7 +22,7 @@ from sqlalchemy import select
 from workers import migrated, unique, wait_for
 
 from nlpkit.cli import build_cli
-from nlpkit.engine import Engine
+from nlpkit.inference.engine import Engine
 from nlpkit.kafkaio import create_topic, produce
 from nlpkit.lag import consumer_lag
 from nlpkit.monitoring import WorkerMetrics

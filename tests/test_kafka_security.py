@@ -22,9 +22,9 @@ import pytest
 from test_cli_errors import error_line
 from workers import migrated
 
-from nlpkit.engine import Engine
 from nlpkit.errors import NlpkitError
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.stream import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask
 

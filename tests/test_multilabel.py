@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from transformers import pipeline as hf_pipeline
 
 from nlpkit.cli import build_cli
-from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError
-from nlpkit.modelfiles import read_metadata
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
+from nlpkit.models.files import read_metadata
 from nlpkit.tasks.base import Prediction, Record
 from nlpkit.tasks.metrics import multilabel_f1
 from nlpkit.testing import save_tiny_distilbert

@@ -11,9 +11,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 from transformers import pipeline as hf_pipeline
 
-from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.tasks import metrics
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert

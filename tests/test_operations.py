@@ -14,9 +14,9 @@ from workers import unique
 
 from nlpkit import dbmigrate
 from nlpkit.cli import build_cli
-from nlpkit.engine import Engine
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.kafkaio import create_topic, produce
-from nlpkit.modeling import load_model
 from nlpkit.queries import PredictionFilter, count_predictions
 from nlpkit.replay import REPLAY_HEADER
 from nlpkit.store import Database, DeadLetterRow, PredictionRow

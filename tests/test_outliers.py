@@ -11,12 +11,12 @@ import pytest
 import torch
 import transformers
 
-from nlpkit import onnxrt, outliers
-from nlpkit.agreement import distance
-from nlpkit.engine import Engine
-from nlpkit.onnxexport import exported_model
+from nlpkit.inference.agreement import distance
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.onnx import outliers, runtime
+from nlpkit.inference.onnx.export import exported_model
+from nlpkit.inference.onnx.quantize import quantize
 from nlpkit.pipelines import load_task
-from nlpkit.quantize import quantize
 from nlpkit.tasks.base import Record
 from tests.test_backends import sentences
 
@@ -43,9 +43,9 @@ def _feeds() -> dict[str, np.ndarray]:
 
 
 def test_the_probe_answers_like_the_model_and_measures_every_multiplied_input(fp32_graph: Path, tmp_path: Path) -> None:
-    plain = onnxrt.open_session(fp32_graph, 1)
+    plain = runtime.open_session(fp32_graph, 1)
     probed = outliers.probed_inputs(fp32_graph, tmp_path / "probe.onnx")
-    probe = outliers.ChannelMaxima(onnxrt.open_session(tmp_path / "probe.onnx", 1), probed)
+    probe = outliers.ChannelMaxima(runtime.open_session(tmp_path / "probe.onnx", 1), probed)
     names = [output.name for output in plain.get_outputs()]
     assert [output.name for output in probe.get_outputs()] == names
     expected = plain.run(names, _feeds())
@@ -56,14 +56,14 @@ def test_the_probe_answers_like_the_model_and_measures_every_multiplied_input(fp
 
 def test_splitting_channels_out_keeps_the_fp32_results(fp32_graph: Path, tmp_path: Path) -> None:
     probed = outliers.probed_inputs(fp32_graph, tmp_path / "probe.onnx")
-    probe = outliers.ChannelMaxima(onnxrt.open_session(tmp_path / "probe.onnx", 1), probed)
+    probe = outliers.ChannelMaxima(runtime.open_session(tmp_path / "probe.onnx", 1), probed)
     probe.run([output.name for output in probe.get_outputs()], _feeds())
     planted = {name: np.ones_like(m) for name, m in probe.maxima.items()}
     for maxima in planted.values():
         maxima[[1, 7]] = 100.0  # two outlier channels in every tensor
     split = outliers.split_outliers(fp32_graph, planted, tmp_path / "split.onnx")
     assert split == 2 * len(planted)  # once per tensor, however many multiplies read it
-    before, after = (onnxrt.open_session(file, 1) for file in (fp32_graph, tmp_path / "split.onnx"))
+    before, after = (runtime.open_session(file, 1) for file in (fp32_graph, tmp_path / "split.onnx"))
     names = [output.name for output in before.get_outputs()]
     for a, b in zip(before.run(names, _feeds()), after.run(names, _feeds()), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)

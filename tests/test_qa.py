@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.modelfiles import weights_digest
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
+from nlpkit.models.files import weights_digest
 from nlpkit.tasks import metrics
 from nlpkit.tasks.base import Example, Prediction, Record
 from nlpkit.testing import save_tiny_distilbert

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, InvalidRecordError
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.tasks.base import Record
 from nlpkit_plugins.sentiment import SentimentTask
 

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 from workers import migrated, start_worker, stop, unique, wait_for
 
 from nlpkit import hookimpl, hookspecs
-from nlpkit.engine import Engine
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
 from nlpkit.kafkaio import create_topic, produce
-from nlpkit.modeling import load_model
 from nlpkit.pipelines import load_task
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
 from nlpkit.stream import Worker, WorkerConfig

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from nlpkit.cli import build_cli
-from nlpkit.engine import Engine
 from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.modelfiles import read_metadata
-from nlpkit.modeling import load_model
+from nlpkit.inference.engine import Engine
+from nlpkit.inference.loading import load_model
+from nlpkit.models.files import read_metadata
 from nlpkit.store import TrainingRunRow
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert

@@ -21,8 +21,8 @@ def tune_thresholds(state: CliState, model: str, data: Path) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from nlpkit.engine import Engine
-    from nlpkit.modelfiles import write_metadata
+    from nlpkit.inference.engine import Engine
+    from nlpkit.models.files import write_metadata
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit_plugins.multilabel.task import MultilabelTask
     from nlpkit_plugins.multilabel.thresholds import tune_thresholds as tune

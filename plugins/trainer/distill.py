@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DistilBertForMaskedLM
 
 from nlpkit import settings
-from nlpkit.backends import get_backend
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.evaluation import evaluate
-from nlpkit.firsttoken import first_token_only_where_possible
-from nlpkit.modelfiles import resolve_model_path, write_metadata
-from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
+from nlpkit.inference.backends import get_backend
+from nlpkit.inference.loading import LoadedModel, native_bf16, pick_device
+from nlpkit.models.cls_only import first_token_only_where_possible
+from nlpkit.models.files import quiet_loading, resolve_model_path, write_metadata
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database

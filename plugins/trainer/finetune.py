@@ -21,10 +21,10 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from nlpkit import settings
-from nlpkit.backends import get_backend
 from nlpkit.evaluation import evaluate
-from nlpkit.modelfiles import resolve_model_path, write_metadata
-from nlpkit.modeling import LoadedModel, native_bf16, pick_device, quiet_loading
+from nlpkit.inference.backends import get_backend
+from nlpkit.inference.loading import LoadedModel, native_bf16, pick_device
+from nlpkit.models.files import quiet_loading, resolve_model_path, write_metadata
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel
 
-from nlpkit.convert import select_layers
 from nlpkit.errors import NlpkitError
+from nlpkit.models.convert import select_layers
 
 _LAYER = re.compile(r"^(.*transformer\.layer\.)(\d+)\.(.*)$")
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from nlpkit.modelfiles import write_metadata
-from nlpkit.modeling import quiet_loading
+from nlpkit.models.files import quiet_loading, write_metadata
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from nlpkit.modelfiles import read_metadata
+from nlpkit.models.files import read_metadata
 from nlpkit.plugins import get_task_class, plugin_infos
 from nlpkit.testing import run_through_worker
 

@@ -12,9 +12,10 @@ is; the fast tokenizer classes load without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,21 @@ def max_input_length(config: Mapping[str, Any], tokenizer: Any) -> int:
     positions = ModelShape.of(config).max_positions
     tokenizer_limit = int(getattr(tokenizer, "model_max_length", positions) or positions)
     return min(positions, tokenizer_limit) if tokenizer_limit < 1_000_000 else positions
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide what transformers prints on every load and save: progress bars even for one-file
+    models, and load reports about heads that are new on purpose (fine-tuning adds them)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -9,7 +9,7 @@ that one int8 scale per tensor cannot hold. So:
    on a CPU without VNNI the weights get 7 bits, because AVX2 kernels add pairs of
    u8 x s8 products in 16 bits, which full 8-bit weights can overflow;
 2. the few input channels with outlier activations, found on the calibration sample,
-   are multiplied in fp32 beside the int8 product (:mod:`nlpkit.outliers`), so that
+   are multiplied in fp32 beside the int8 product (:mod:`nlpkit.inference.onnx.outliers`), so that
    they no longer set the scale of every other channel;
 3. the fully quantized model is tried on a calibration sample; if its decisions agree
    with fp32 on at least ``min_agreement`` of the records, it is kept;
@@ -34,13 +34,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nlpkit import onnxrt
-from nlpkit.agreement import agreement, distance
-from nlpkit.backends import BACKENDS
-from nlpkit.engine import Engine, RecordFailure
 from nlpkit.errors import NlpkitError
-from nlpkit.onnxexport import exported_model
-from nlpkit.outliers import ChannelMaxima, is_outlier_node, probed_inputs, split_outliers
+from nlpkit.inference.agreement import agreement, distance
+from nlpkit.inference.backends import BACKENDS
+from nlpkit.inference.engine import Engine, RecordFailure
+from nlpkit.inference.onnx import runtime
+from nlpkit.inference.onnx.export import exported_model
+from nlpkit.inference.onnx.outliers import ChannelMaxima, is_outlier_node, probed_inputs, split_outliers
 from nlpkit.system.hardware import has_vnni
 from nlpkit.system.threads import thread_count
 from nlpkit.tasks.base import Record, Task
@@ -112,10 +112,10 @@ def quantize(
                 say(f"{len(kept)} node(s) kept fp32 ({node}): agreement {score:.2%}")
                 if score >= target:
                     break
-        directory = onnxrt.cache_dir(task.model.path, task.model.revision)
-        staged = directory / f".{onnxrt.INT8_FILE}.{os.getpid()}"
+        directory = runtime.cache_dir(task.model.path, task.model.revision)
+        staged = directory / f".{runtime.INT8_FILE}.{os.getpid()}"
         shutil.move(file, staged)  # then one rename: a worker loading the model never sees half a file
-        os.replace(staged, directory / onnxrt.INT8_FILE)
+        os.replace(staged, directory / runtime.INT8_FILE)
     report = QuantizationReport(
         agreement=score,
         records=len(records),
@@ -126,9 +126,9 @@ def quantize(
         data=data,
         reduce_range=trial.reduce_range,
     )
-    onnxrt.write_report(
+    runtime.write_report(
         directory,
-        onnxrt.INT8_REPORT,
+        runtime.INT8_REPORT,
         report.as_json
         | {
             "revision": task.model.revision,
@@ -161,7 +161,7 @@ def _split_outliers(task: Task, records: Sequence[Record], fp32_file: Path, scra
     and how many channels that is."""
     probe, split = scratch / "probe.onnx", scratch / "split.onnx"
     probed = probed_inputs(fp32_file, probe)
-    maxima = ChannelMaxima(onnxrt.open_session(probe, thread_count()), probed)
+    maxima = ChannelMaxima(runtime.open_session(probe, thread_count()), probed)
     _outputs(_on_session(task, maxima, "onnx"), records)
     return split, split_outliers(fp32_file, maxima.maxima, split)
 
@@ -185,7 +185,7 @@ class _Trial:
     def file(self, kept_fp32: Sequence[str], only: Sequence[str] | None = None) -> Path:
         self._count += 1
         destination = self.scratch / f"trial-{self._count}.onnx"
-        with onnxrt.quiet_logger(
+        with runtime.quiet_logger(
             None
         ):  # the root logger; it advises a pre-processing step that would undo the fused graph
             self._quantize(destination, kept_fp32, only)
@@ -207,7 +207,7 @@ class _Trial:
         )
 
     def outputs(self, file: Path) -> list[dict[str, Any] | None]:
-        return _outputs(_on_session(self.task, onnxrt.open_session(file, thread_count()), "int8"), self.records)
+        return _outputs(_on_session(self.task, runtime.open_session(file, thread_count()), "int8"), self.records)
 
     def attempt(self, kept_fp32: Sequence[str]) -> tuple[float, Path]:
         file = self.file(kept_fp32)

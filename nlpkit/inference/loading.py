@@ -8,22 +8,21 @@ that importing the PyPI build of torch costs by itself.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nlpkit.backends import DEFAULT_MIN_AGREEMENT, Backend, get_backend
 from nlpkit.errors import ModelNotFoundError, NlpkitError
-from nlpkit.modelfiles import (
+from nlpkit.inference.backends import DEFAULT_MIN_AGREEMENT, Backend, get_backend
+from nlpkit.models.files import (
     ModelLookup,
     id2label,
     load_tokenizer,
     max_input_length,
     model_revision,
+    quiet_loading,
     read_config,
     read_metadata,
     resolve_model_path,
@@ -55,7 +54,7 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)  # the model directory's nlpkit.json
     model: Any = None  # the torch module (torch backends)
     session: Any = None  # the ONNX Runtime session (onnx and int8 backends)
-    first_token_only: bool = False  # a sequence classifier's last layer computes [CLS] only (nlpkit.firsttoken)
+    first_token_only: bool = False  # a sequence classifier's last layer computes [CLS] only (nlpkit.models.cls_only)
 
     @classmethod
     def from_torch(
@@ -66,7 +65,7 @@ class LoadedModel:
         A sequence classifier's last layer is set to compute [CLS] only, as for inference: the
         loss reads that one position too, so training skips the rest with the same gradients.
         """
-        from nlpkit.firsttoken import first_token_only_where_possible
+        from nlpkit.models.cls_only import first_token_only_where_possible
 
         config = model.config.to_dict()
         return cls(
@@ -94,7 +93,7 @@ class LoadedModel:
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """Every tensor output of one padded batch, as float32 arrays, whatever the backend."""
         if self.session is not None:
-            from nlpkit.onnxrt import run_session
+            from nlpkit.inference.onnx.runtime import run_session
 
             return run_session(self.session, input_ids, attention_mask)
         import torch
@@ -167,23 +166,23 @@ def load_model(
 
 
 def _open_onnx(loaded: LoadedModel, device: str, min_agreement: float) -> None:
-    from nlpkit import onnxrt
+    from nlpkit.inference.onnx import runtime
 
     if device not in ("auto", "cpu"):
         raise NlpkitError(f"the {loaded.backend.name} backend runs on CPU; on {device} use torch or bf16")
-    graph = onnxrt.cached_model(loaded.name, loaded.path, loaded.revision, loaded.backend.onnx_file, min_agreement)
+    graph = runtime.cached_model(loaded.name, loaded.path, loaded.revision, loaded.backend.onnx_file, min_agreement)
     if graph is None:  # fp32, not exported yet: the one time an ONNX backend needs torch
-        from nlpkit.onnxexport import exported_model
+        from nlpkit.inference.onnx.export import exported_model
 
         graph = exported_model(loaded)
-    loaded.session = onnxrt.open_session(graph.path, thread_count())
+    loaded.session = runtime.open_session(graph.path, thread_count())
     loaded.first_token_only = graph.first_token_only
 
 
 def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
     import transformers
 
-    from nlpkit.firsttoken import first_token_only_where_possible
+    from nlpkit.models.cls_only import first_token_only_where_possible
 
     apply_to_torch()
     chosen = pick_device(device)
@@ -195,21 +194,3 @@ def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
     loaded.first_token_only = first_token_only_where_possible(model)
     loaded.model = model.eval().to(chosen)
     loaded.device = str(chosen)
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Hide what transformers prints on every load and save: progress bars even for one-file
-    models, and load reports about heads that are new on purpose (fine-tuning adds them)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()

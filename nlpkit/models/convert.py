@@ -30,8 +30,7 @@ from transformers import (
 from transformers.activations import ACT2FN
 
 from nlpkit.errors import NlpkitError
-from nlpkit.modelfiles import WEIGHT_FILES, write_metadata
-from nlpkit.modeling import quiet_loading
+from nlpkit.models.files import WEIGHT_FILES, quiet_loading, write_metadata
 
 # DistilBERT hard-codes this in every LayerNorm; its config has no field for it.
 DISTILBERT_LAYER_NORM_EPS = 1e-12

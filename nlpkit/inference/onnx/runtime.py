@@ -1,6 +1,6 @@
 """ONNX Runtime for the ``onnx`` and ``int8`` backends: the cached files, and sessions that run them.
 
-Exporting needs torch (:mod:`nlpkit.onnxexport`) and happens once per weights;
+Exporting needs torch (:mod:`nlpkit.inference.onnx.export`) and happens once per weights;
 everything here runs without it, so a worker on an ONNX backend never imports torch.
 
 Files live in ``MODEL_DIR/onnx/`` (or, when the model directory is read-only, in
@@ -34,7 +34,7 @@ EXPORT_REPORT = "export.json"
 INT8_REPORT = "int8.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 # Bumped when the exported graph changes shape, so files made by an older nlpkit are made anew.
-# 2: sequence classifiers compute the last layer for the first token only (nlpkit.firsttoken).
+# 2: sequence classifiers compute the last layer for the first token only (nlpkit.models.cls_only).
 GRAPH_VERSION = 2
 
 

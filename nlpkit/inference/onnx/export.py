@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import transformers
 
-from nlpkit.firsttoken import compute_first_token_only, reads_first_token_only
-from nlpkit.modelfiles import ModelShape
-from nlpkit.onnxrt import (
+from nlpkit.inference.onnx.runtime import (
     EXPORT_REPORT,
     FP32_FILE,
     INPUT_NAMES,
@@ -31,9 +29,11 @@ from nlpkit.onnxrt import (
     quiet_logger,
     write_report,
 )
+from nlpkit.models.cls_only import compute_first_token_only, reads_first_token_only
+from nlpkit.models.files import ModelShape
 
 if TYPE_CHECKING:
-    from nlpkit.modeling import LoadedModel
+    from nlpkit.inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def export(loaded: LoadedModel, destination: Path) -> tuple[list[str], bool]:
     """Export, then fuse with ONNX Runtime's transformer optimizer.
 
     Returns the output names, and whether the graph computes the last layer for the
-    first token only (a sequence classifier: :mod:`nlpkit.firsttoken`).
+    first token only (a sequence classifier: :mod:`nlpkit.models.cls_only`).
     """
     from onnxruntime.transformers import optimizer
 

@@ -1,0 +1,25 @@
+"""Running models: loading one on a backend (fp32 or bf16 torch, ONNX Runtime fp32 or int8), the
+engine that batches records by length with dynamic padding, and the agreement checks that
+decide whether a faster backend may stand in for fp32.
+
+Above tasks/ and models/, below store/, stream/ and cli/: nothing here touches a database or
+Kafka. The ONNX backends live in ``nlpkit.inference.onnx`` (export, runtime, int8 quantization
+with outlier channels kept in fp32); once their files exist they run without importing torch.
+"""
+
+from nlpkit.inference.backends import BACKENDS, Backend, get_backend
+from nlpkit.inference.engine import DEFAULT_BATCH_SIZE, Engine, RecordFailure
+from nlpkit.inference.loading import LoadedModel, load_model, native_bf16, pick_device
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BATCH_SIZE",
+    "Backend",
+    "Engine",
+    "LoadedModel",
+    "RecordFailure",
+    "get_backend",
+    "load_model",
+    "native_bf16",
+    "pick_device",
+]

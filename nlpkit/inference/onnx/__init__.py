@@ -1,0 +1,3 @@
+"""The ONNX Runtime backends: exporting a model once per weights (``export``, the one step that
+needs torch), the cached files and sessions (``runtime``), and the int8 model calibrated until it
+agrees with fp32 (``quantize``, with the activation outlier channels of ``outliers``)."""
