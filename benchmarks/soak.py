@@ -60,7 +60,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
 
-from nlpkit import dbmigrate
 from nlpkit.kafkaio import admin_client, create_topic, produce
 from nlpkit.lag import consumer_lag
 from nlpkit.localservices import free_ports
@@ -621,7 +620,7 @@ def run(
         url = database_url(args, run_dir, stack)
         database = Database(url)
         stack.callback(database.dispose)
-        dbmigrate.upgrade(database.engine)
+        database.upgrade()
         config["database"] = database.engine.dialect.name
         topic = config["topic"] = f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
         create_topic(bootstrap, topic, partitions=args.partitions)

@@ -27,10 +27,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from nlpkit import dbmigrate
 from nlpkit.inference.loading import native_bf16
 from nlpkit.models.files import quiet_loading
-from nlpkit.store import Database
+from nlpkit.store import migrated_database
 from nlpkit.system.threads import configure_threads
 from nlpkit_plugins.sentiment import SentimentTask
 from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune, sample
@@ -76,8 +75,7 @@ def transformers_trainer(model_dir: Path, examples: list, batch_size: int, lr: f
 
 def nlpkit_trainer(model_dir: Path, examples_file: Path, count: int, batch_size: int, lr: float, bf16: bool) -> float:
     with tempfile.TemporaryDirectory() as scratch:
-        database = Database(f"sqlite:///{scratch}/bench.db")
-        dbmigrate.upgrade(database.engine)
+        database = migrated_database(f"sqlite:///{scratch}/bench.db")
         result = fine_tune(
             FineTuneConfig(task="sentiment", data=examples_file, base_model=str(model_dir), name="bench",
                            output_dir=Path(scratch) / "model", epochs=1, learning_rate=lr, batch_size=batch_size,

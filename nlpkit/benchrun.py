@@ -166,18 +166,16 @@ def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
     in SQLite and committed. Joining the group happens before, as it does once in production."""
     from sqlalchemy import select
 
-    from nlpkit import dbmigrate
     from nlpkit.inference.engine import Engine
     from nlpkit.kafkaio import create_topic, produce
     from nlpkit.pipelines import load_task
-    from nlpkit.store import Database, PredictionRow
+    from nlpkit.store import PredictionRow, migrated_database
     from nlpkit.stream import Worker, WorkerConfig
 
     task = load_task(spec["task"], spec["model"], backend=spec["backend"], **spec["options"])
     engine = Engine(task, batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
     scratch = Path(tempfile.mkdtemp(prefix="nlpkit-bench-"))
-    database = Database(f"sqlite:///{scratch / 'bench.db'}")
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(f"sqlite:///{scratch / 'bench.db'}")
     servers = spec["bootstrap_servers"]
     timed: dict[str, float] = {}
 

@@ -467,7 +467,7 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
     if name:
         from nlpkit.models.files import model_revision
 
-        state.database().register_model(
+        state.database().models.register(
             name=name, task="base", path=dest, revision=model_revision(dest), base_model=str(source_path)
         )
         stderr.print(f"registered it as '{name}'")
@@ -479,7 +479,7 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
 @pass_state
 def models_list(state: CliState, task: str | None, as_json: bool) -> None:
     """Registered models, newest first."""
-    entries = state.database().list_models(task)
+    entries = state.database().models.list(task)
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
         return
@@ -499,10 +499,10 @@ def models_show(state: CliState, name: str) -> None:
     """Everything recorded about one registered model, as JSON: with the run that trained it
     (parameters, every evaluation, duration) when nlpkit trained it."""
     database = state.database()
-    entry = database.find_model(name)
+    entry = database.models.find(name)
     if entry is None:
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
-    run = database.find_run(entry.training_run_id) if entry.training_run_id else None
+    run = database.runs.find(entry.training_run_id) if entry.training_run_id else None
     shown = entry.as_dict() | {"training_run": run.as_dict() if run else None}
     click.echo(json.dumps(shown, indent=2, default=str))
 
@@ -512,7 +512,7 @@ def models_show(state: CliState, name: str) -> None:
 @pass_state
 def models_remove(state: CliState, name: str) -> None:
     """Forget a registered model (its files stay where they are)."""
-    if not state.database().remove_model(name):
+    if not state.database().models.remove(name):
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
     stderr.print(f"removed '{name}' from the registry")
 
@@ -534,8 +534,8 @@ def runs_list(state: CliState, model_name: str | None, limit: int, as_json: bool
     """Recorded runs, newest first: failed, interrupted and lost ones too (lost: the process
     died without recording an outcome, e.g. killed by SIGKILL), with their last evaluation."""
     database = state.database()
-    database.mark_lost_runs()
-    entries = database.list_runs(model_name=model_name, limit=limit)
+    database.runs.mark_lost()
+    entries = database.runs.list(model_name=model_name, limit=limit)
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
         return
@@ -559,8 +559,8 @@ def runs_show(state: CliState, run_id: int) -> None:
     """One run as JSON: its parameters, every evaluation in order, status, error, duration, and
     the host and process id it ran as."""
     database = state.database()
-    database.mark_lost_runs()
-    entry = database.find_run(run_id)
+    database.runs.mark_lost()
+    entry = database.runs.find(run_id)
     if entry is None:
         raise NlpkitError(f"no run with id {run_id}; see `nlpkit runs list`")
     click.echo(json.dumps(entry.as_dict(), indent=2, default=str))
@@ -579,12 +579,12 @@ def db() -> None:
 @pass_state
 def db_upgrade(state: CliState, revision: str) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    from nlpkit import dbmigrate
-    from nlpkit.store import redact_url
+    from nlpkit.errors import redact_url
+    from nlpkit.store import migrations
 
     database = state.database(check=False)
-    dbmigrate.upgrade(database.engine, revision)
-    stderr.print(f"{redact_url(database.url)} is at revision {dbmigrate.current_revision(database.engine)}")
+    database.upgrade(revision)
+    stderr.print(f"{redact_url(database.url)} is at revision {migrations.current_revision(database.engine)}")
 
 
 @db.command("downgrade")
@@ -592,28 +592,28 @@ def db_upgrade(state: CliState, revision: str) -> None:
 @pass_state
 def db_downgrade(state: CliState, revision: str) -> None:
     """Revert migrations down to REVISION ('base' removes every table)."""
-    from nlpkit import dbmigrate
+    from nlpkit.store import migrations
 
     database = state.database(check=False)
-    dbmigrate.downgrade(database.engine, revision)
-    stderr.print(f"now at revision {dbmigrate.current_revision(database.engine) or 'base'}")
+    migrations.downgrade(database.engine, revision)
+    stderr.print(f"now at revision {migrations.current_revision(database.engine) or 'base'}")
 
 
 @db.command("current")
 @pass_state
 def db_current(state: CliState) -> None:
     """Print the database's schema revision."""
-    from nlpkit import dbmigrate
+    from nlpkit.store import migrations
 
-    click.echo(dbmigrate.current_revision(state.database(check=False).engine) or "base (no schema)")
+    click.echo(migrations.current_revision(state.database(check=False).engine) or "base (no schema)")
 
 
 @db.command("history")
 def db_history() -> None:
     """List the migrations, newest first."""
-    from nlpkit import dbmigrate
+    from nlpkit.store import migrations
 
-    for revision, parent, message in dbmigrate.history():
+    for revision, parent, message in migrations.history():
         click.echo(f"{parent or 'base'} -> {revision}: {message.splitlines()[0] if message else ''}")
 
 

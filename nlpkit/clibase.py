@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from nlpkit import settings
-from nlpkit.errors import NlpkitError
+from nlpkit.errors import NlpkitError, error_line
 from nlpkit.inference.backends import BACKEND_HELP, BACKENDS
 
 BACKEND_OPTION: dict[str, Any] = {
@@ -57,20 +57,11 @@ class NlpkitGroup(click.Group):
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as the single line the CLI prints."""
+    """An exception as the single line the CLI prints (a database's errors say so)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from nlpkit.store import redact_urls_in
-
-    if isinstance(exc, SQLAlchemyError):
-        # The driver's own message, without SQLAlchemy's appended SQL and parameters.
-        message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return f"database error: {message}"
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
-    message = str(exc)
-    # A URL with a password must never reach a terminal or a log, whatever raised it.
-    return redact_urls_in(message)
+    line = error_line(exc)
+    return f"database error: {line}" if isinstance(exc, SQLAlchemyError) else line
 
 
 def _debugging(ctx: click.Context) -> bool:

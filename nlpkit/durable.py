@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError, StatementError
 
+from nlpkit.errors import error_line
 from nlpkit.store import Database
 
 Row = dict[str, Any]
@@ -45,8 +46,7 @@ def is_rejection(exc: BaseException) -> bool:
 
 
 def rejection_reason(exc: BaseException) -> str:
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    return f"database rejected the row: {detail}"
+    return f"database rejected the row: {error_line(exc)}"
 
 
 def write_isolating(

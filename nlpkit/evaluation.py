@@ -27,9 +27,9 @@ def evaluate_and_record(
     """Evaluate, and keep the run (model, revision, data, settings, metrics) in the database."""
     loaded = task.model
     params = {"data": data, "revision": loaded.revision, "backend": loaded.backend.name, "settings": task.settings}
-    with database.recorded_run(
+    with database.runs.recorded(
         kind="evaluate", task=task.name, model_name=loaded.name, base_model=None, params=params
     ) as run_id:
         metrics = evaluate(task, examples, batch_size=batch_size) | {"n": len(examples)}
-        database.record_run_metrics(run_id, [metrics])
+        database.runs.record_metrics(run_id, [metrics])
     return metrics

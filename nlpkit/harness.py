@@ -22,7 +22,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from nlpkit import dbmigrate
 from nlpkit.inference.engine import Engine
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, StandInMessage
 from nlpkit.pipelines import ModelRegistry, load_task
@@ -101,7 +100,7 @@ def _database(url: str | None) -> Iterator[Database]:
     with tempfile.TemporaryDirectory(prefix="nlpkit-worker-run-") as scratch:
         database = Database(url or f"sqlite:///{Path(scratch) / 'nlpkit.db'}")
         try:
-            dbmigrate.upgrade(database.engine)
+            database.upgrade()
             yield database
         finally:
             database.dispose()

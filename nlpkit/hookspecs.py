@@ -18,6 +18,7 @@ the arguments a spec names, in any order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -25,11 +26,26 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from nlpkit.store import StoredBatch
-    from nlpkit.tasks.base import Task
+    from nlpkit.tasks import Task
 
 hookspec = pluggy.HookspecMarker("nlpkit")
 hookimpl = pluggy.HookimplMarker("nlpkit")
+
+
+@dataclass
+class StoredBatch:
+    """What one worker transaction stored for one task: the argument of ``predictions_stored``.
+
+    ``predictions`` and ``dead_letters`` are the rows as written (dicts of the table's
+    columns); ``model`` is the name of the model that task ran; ``topic_offsets`` maps each
+    (topic, partition) of the poll to the offset after its last message.
+    """
+
+    task: str
+    model: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    topic_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @hookspec
@@ -37,7 +53,7 @@ def register_tasks(register: Callable[[type[Task]], None]) -> None:
     """Make tasks available to ``nlpkit predict``, ``consume``, ``train`` and ``evaluate``.
 
     Called once, when nlpkit first needs the task table. Call ``register(TaskClass)``
-    for each :class:`nlpkit.tasks.Task` subclass the plugin provides; the class's
+    for each :class:`nlpkit.Task` subclass the plugin provides; the class's
     ``name`` attribute is the name users type (``nlpkit predict NAME``). Two plugins
     registering the same name is an error that names both plugins.
 
@@ -74,8 +90,10 @@ def predictions_stored(batch: StoredBatch) -> None:
     """React to predictions that have just been committed to the database.
 
     Called by the Kafka worker after each database transaction commits and before
-    the consumer offsets are committed to Kafka, with a :class:`nlpkit.store.StoredBatch`
-    (``task``, ``model``, ``predictions``, ``dead_letters``, ``topic_offsets``). Use it
+    the consumer offsets are committed to Kafka, once per task the transaction stored
+    rows for, with a :class:`nlpkit.StoredBatch` of that task's rows and the name of the
+    model that ran it (``task``, ``model``, ``predictions``, ``dead_letters``,
+    ``topic_offsets``). Use it
     for notifications, metrics or exports. It runs on the worker's hot path: hand
     slow work to a queue or thread. An exception raised here is logged and does not
     undo the stored rows; because delivery is at-least-once, the same rows can be

@@ -36,8 +36,8 @@ def status(
 
     Each part is reported even when another cannot be read; the exit code is 1 if any failed.
     """
-    from nlpkit.queries import counts_by_task, tombstones_by_topic
-    from nlpkit.store import redact_url
+    from nlpkit.errors import redact_url
+    from nlpkit.store.queries import counts_by_task, tombstones_by_topic
 
     report: dict[str, Any] = {}
     errors: list[str] = []
@@ -56,7 +56,7 @@ def status(
 
     def database_part() -> dict[str, Any]:
         database = state.database()
-        models = [entry.as_dict() for entry in database.list_models()]
+        models = [entry.as_dict() for entry in database.models.list()]
         return {
             "url": redact_url(database.url),
             "tasks": counts_by_task(database),
@@ -138,8 +138,8 @@ def dead_letters() -> None:
 @pass_state
 def dead_letters_list(state: CliState, limit: int, as_json: bool, **filters: Any) -> None:
     """Dead letters, newest first."""
-    from nlpkit.queries import DeadLetterFilter
-    from nlpkit.queries import dead_letters as read
+    from nlpkit.store.queries import DeadLetterFilter
+    from nlpkit.store.queries import dead_letters as read
 
     letters = read(state.database(), DeadLetterFilter(**filters), limit=limit)
     if as_json:
@@ -210,9 +210,9 @@ def dead_letters_replay(
     With --direct they are processed here instead, their predictions stored under their
     original offsets; those that fail again stay dead letters, with the new reason.
     """
-    from nlpkit.queries import DeadLetterFilter
-    from nlpkit.queries import dead_letters as read
     from nlpkit.replay import resend
+    from nlpkit.store.queries import DeadLetterFilter
+    from nlpkit.store.queries import dead_letters as read
 
     if not ids and not replay_all:
         raise click.UsageError("name dead letters by ID, or pass --all (with filters) to replay every match")
@@ -248,8 +248,8 @@ def _replay_directly(database: Any, letters: list[Any], model: str | None) -> An
 
 
 def _one_letter(state: CliState, letter_id: int) -> Any:
-    from nlpkit.queries import DeadLetterFilter
-    from nlpkit.queries import dead_letters as read
+    from nlpkit.store.queries import DeadLetterFilter
+    from nlpkit.store.queries import dead_letters as read
 
     found = read(state.database(), DeadLetterFilter(ids=[letter_id]))
     if not found:
@@ -326,7 +326,7 @@ def results(
     **filters: Any,
 ) -> None:
     """Query stored predictions and export them as JSON lines or CSV."""
-    from nlpkit.queries import PredictionFilter, count_predictions, iter_predictions
+    from nlpkit.store.queries import PredictionFilter, count_predictions, iter_predictions
     from nlpkit.system.files import output_file
 
     database = state.database()
@@ -341,7 +341,7 @@ def results(
 
 
 def _write_rows(stream: Any, output_format: str, rows: Iterable[dict[str, Any]]) -> int:
-    from nlpkit.queries import PREDICTION_COLUMNS
+    from nlpkit.store.queries import PREDICTION_COLUMNS
 
     writer = csv.DictWriter(stream, fieldnames=PREDICTION_COLUMNS) if output_format == "csv" else None
     if writer:

@@ -39,11 +39,11 @@ class ModelRegistry:
             self.database.check_schema()
         except DatabaseNotReadyError:
             return None
-        return self.database.model_path(name)
+        return self.database.models.path(name)
 
     def newest_for(self, task: str) -> str:
         self.database.check_schema()
-        entries = self.database.list_models(task)
+        entries = self.database.models.list(task)
         if not entries:
             raise ModelNotFoundError(
                 f"no model is registered for task '{task}': pass --model DIR, or train one with "

@@ -40,10 +40,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 @pytest.fixture
 def nlpkit_database(tmp_path: Path) -> Iterator[Database]:
     """A migrated SQLite database in the test's temporary directory; ``.url`` is its address."""
-    from nlpkit import dbmigrate
-    from nlpkit.store import Database
+    from nlpkit.store import migrated_database
 
-    database = Database(f"sqlite:///{tmp_path / 'nlpkit.db'}")
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(f"sqlite:///{tmp_path / 'nlpkit.db'}")
     yield database
     database.dispose()

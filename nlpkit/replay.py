@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from nlpkit.kafkaio import produce
 from nlpkit.messages import StandInMessage
-from nlpkit.queries import mark_replayed
 from nlpkit.store import Database, DeadLetterRow, as_utc
+from nlpkit.store.queries import mark_replayed
 
 if TYPE_CHECKING:
     from nlpkit.inference.engine import Engine

@@ -155,7 +155,7 @@ def is_secret(name: str) -> bool:
 def shown(name: str, value: str) -> str:
     """A value as it may be printed or logged: passwords and keys masked."""
     if name == "database_url":
-        from nlpkit.store import redact_url
+        from nlpkit.errors import redact_url
 
         return redact_url(value)
     return MASK if is_secret(name) else value

@@ -32,12 +32,13 @@ from typing import Any, TypeVar
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer, TopicPartition
 
 from nlpkit.durable import is_unavailable, write_dead_letters, write_isolating
-from nlpkit.errors import InvalidRecordError, NlpkitError
+from nlpkit.errors import InvalidRecordError, NlpkitError, error_line
+from nlpkit.hookspecs import StoredBatch
 from nlpkit.inference.engine import Engine, RecordFailure
 from nlpkit.kafkaio import client_config, cluster_metadata, new_client
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_message, key_text
 from nlpkit.monitoring import WorkerMetrics
-from nlpkit.store import Database, StoredBatch, redact_urls_in, utcnow
+from nlpkit.store import Database, utcnow
 from nlpkit.system.memory import trim_heap
 from nlpkit.tasks.base import Prediction, Record
 
@@ -435,7 +436,7 @@ class Worker:
                     raise
                 if self._stopping:
                     raise _Abandoned from exc
-                log.warning("database unavailable (%s); retrying in %.1f s", _first_line(exc), delay)
+                log.warning("database unavailable (%s); retrying in %.1f s", error_line(exc), delay)
                 if self.metrics:
                     self.metrics.database_retries.inc()
                 self._keep_alive(wait=delay)
@@ -520,9 +521,6 @@ class Worker:
             return
         self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
 
-
-def _first_line(exc: BaseException) -> str:
-    return redact_urls_in(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
 
 
 def _tombstone_row(message: Message) -> dict[str, Any]:

@@ -27,11 +27,11 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import func, select
 
-from nlpkit import dbmigrate, settings
+from nlpkit import settings
 from nlpkit.kafkaio import create_topic, file_messages, produce
 from nlpkit.localservices.kafka import ensure_kafka_jars, local_broker_status, start_local_broker, stop_local_broker
 from nlpkit.models.starter import starter_model_path
-from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NLPKIT_DATA", REPO.parent / "shared" / "data"))
@@ -58,8 +58,7 @@ def main() -> int:
         if not required.is_file():
             console.print(f"[red]missing {required}: point NLPKIT_DATA at the shared data folder[/red]")
             return 1
-    database = Database(settings.get("database_url"))
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(settings.get("database_url"))
     ensure_model(database, sst2)
 
     ensure_kafka_jars()
@@ -76,7 +75,7 @@ def main() -> int:
 
 def ensure_model(database: Database, sst2: Path) -> None:
     """Fine-tune the demo's sentiment model once; later runs reuse the registered one."""
-    if database.find_model(MODEL_NAME) is not None:
+    if database.models.find(MODEL_NAME) is not None:
         console.print(f"Using the registered sentiment model [bold]{MODEL_NAME}[/bold].")
         return
     from nlpkit.models.convert import convert_bert_to_distilbert

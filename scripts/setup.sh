@@ -54,7 +54,7 @@ say "Fetching kustomize and KEDA's CRDs for the deploy/ checks"
 command -v go >/dev/null 2>&1 || fail "go is missing: install Go 1.26 or newer"
 # shellcheck source=../deploy/tools.env
 . deploy/tools.env
-deploy_tools=${NLPKIT_CACHE_DIR:-$HOME/.cache/nlpkit}/deploy-tools
+deploy_tools=${NLPKIT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nlpkit}/deploy-tools  # nlpkit's cache rule
 mkdir -p "$deploy_tools"
 deploy_go() { GOMODCACHE="$deploy_tools/go-mod" GOFLAGS="${GOFLAGS:+$GOFLAGS }-modcacherw" go "$@"; }
 if [ ! -x "$deploy_tools/kustomize-$KUSTOMIZE_VERSION/kustomize" ]; then

@@ -90,7 +90,7 @@ def test_registered_models_load_by_name(nlpkit, sentiment_model_dir, nlpkit_home
     from nlpkit.store import Database
 
     nlpkit("db", "upgrade")
-    Database(settings.get("database_url")).register_model(
+    Database(settings.get("database_url")).models.register(
         name="tiny", task="sentiment", path=sentiment_model_dir, revision=model_revision(sentiment_model_dir)
     )
     listing = json.loads(nlpkit("models", "list", "--json").stdout)
@@ -111,11 +111,11 @@ def test_runs_are_listed_and_a_trained_model_shows_the_run_behind_it(nlpkit, tmp
     nlpkit("db", "upgrade")
     database = Database(settings.get("database_url"))
     for name, status in (("first", "succeeded"), ("broken", "failed"), ("second", "succeeded")):
-        run_id = database.start_run(kind="train", task="sentiment", model_name=name, base_model="b", params={"lr": 1})
-        database.record_run_metrics(run_id, [{"epoch": 1, "accuracy": 0.75}, {"epoch": 2, "accuracy": 0.5}])
-        database.finish_run(run_id, status, error="ValueError: bad line" if status == "failed" else None)
+        run_id = database.runs.start(kind="train", task="sentiment", model_name=name, base_model="b", params={"lr": 1})
+        database.runs.record_metrics(run_id, [{"epoch": 1, "accuracy": 0.75}, {"epoch": 2, "accuracy": 0.5}])
+        database.runs.finish(run_id, status, error="ValueError: bad line" if status == "failed" else None)
         if status == "succeeded":
-            database.register_model(name=name, task="sentiment", path=tmp_path, revision="r", training_run_id=run_id)
+            database.models.register(name=name, task="sentiment", path=tmp_path, revision="r", training_run_id=run_id)
 
     listed = json.loads(nlpkit("runs", "list", "--json").stdout)
     assert [(run["model_name"], run["status"]) for run in listed] == [
@@ -133,7 +133,7 @@ def test_runs_are_listed_and_a_trained_model_shows_the_run_behind_it(nlpkit, tmp
     assert run["duration_s"] >= 0
     assert json.loads(nlpkit("runs", "show", str(listed[1]["id"])).stdout)["error"] == "ValueError: bad line"
     killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    run_id = database.start_run(kind="train", task="sentiment", model_name="killed", base_model="b", params={})
+    run_id = database.runs.start(kind="train", task="sentiment", model_name="killed", base_model="b", params={})
     with database.session() as session:
         session.get_one(TrainingRunRow, run_id).pid = killed.pid  # as if the child had started the run
     killed.kill()

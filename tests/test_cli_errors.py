@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nlpkit import dbmigrate
-from nlpkit.store import Database
+from nlpkit.store import migrated_database
 from nlpkit.testing import save_tiny_distilbert
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
@@ -110,8 +109,7 @@ def setting(tmp_path_factory) -> dict[str, str]:
     """A migrated home, a tiny model and a small labelled file for the commands to be pointed at."""
     root = tmp_path_factory.mktemp("cli-errors")
     home = root / "home"
-    database = Database(f"sqlite:///{home / 'nlpkit.db'}")
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(f"sqlite:///{home / 'nlpkit.db'}")
     database.dispose()
     data = root / "reviews.jsonl"
     data.write_text('{"text": "a good film", "label": "positive"}\n{"text": "dull", "label": "negative"}\n')

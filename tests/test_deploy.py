@@ -55,10 +55,10 @@ OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:
 # /usr/bin/time -v, /proc/PID/status (VmHWM) once a second and /healthz every 2 s. deploy/worker.yaml
 # quotes the same figures.
 MEASURED_BATCH_SIZE = 512
-MEASURED_CPU_SECONDS_PER_BATCH = 72.0  # CPU time (user + system) a poll of 512 took, the most of three runs
-MEASURED_PEAK_RSS_MIB = 1417
-MEASURED_FIRST_HEALTHY_S = 56.0  # from the process start: the model loaded, then the first batch
-MEASURED_LONGEST_UNHEALTHY_S = 66.0  # /healthz's 503 stretch during a batch at about 1.3 CPUs
+MEASURED_SLOWEST_BATCH_S = 155.0  # the slowest poll of 512 over three runs (starved to about 0.8 CPU)
+MEASURED_PEAK_RSS_MIB = 1537  # after 12 polls, each poll's peak still creeping up by 10-25 MiB
+MEASURED_FIRST_HEALTHY_S = 103.0  # from the process start: the model loaded, then the first batch
+MEASURED_LONGEST_UNHEALTHY_S = 62.5  # /healthz's 503 stretch during a batch (stale broker statistics)
 
 MIB = 1024 * 1024
 
@@ -78,7 +78,11 @@ def tool_versions() -> dict[str, str]:
 
 TOOLS = tool_versions()
 KUBERNETES_VERSIONS = TOOLS["KUBERNETES_VERSIONS"].split()
-CACHE = Path(os.environ.get("NLPKIT_CACHE_DIR") or Path.home() / ".cache" / "nlpkit") / "deploy-tools"
+# nlpkit's cache rule (scripts/setup.sh follows it too): NLPKIT_CACHE_DIR, else $XDG_CACHE_HOME/nlpkit.
+CACHE_ROOT = (
+    os.environ.get("NLPKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nlpkit"
+)
+CACHE = Path(CACHE_ROOT) / "deploy-tools"
 KUSTOMIZE = CACHE / f"kustomize-{TOOLS['KUSTOMIZE_VERSION']}" / "kustomize"
 KEDA = CACHE / f"keda-{TOOLS['KEDA_VERSION']}"
 
@@ -591,7 +595,7 @@ def librdkafka_properties(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) 
     """The librdkafka properties nlpkit makes of the NLPKIT_KAFKA_* variables in ``env``, each one
     checked by librdkafka itself: a client refuses an unknown property or a bad value when it is made."""
     with monkeypatch.context() as patch:
-        for name in os.environ:
+        for name in list(os.environ):
             if name.startswith(settings.KAFKA_ENV_PREFIX) or name == settings.CONFIG_ENV:
                 patch.delenv(name)
         for name, value in env.items():
@@ -719,11 +723,9 @@ def grace_period(service: dict[str, Any]) -> float:
 
 
 def test_a_stopping_worker_has_time_to_finish_its_batch(plain: list[dict[str, Any]]) -> None:
-    """A batch's wall time at the worker's CPU limit, with room for running at a third of it."""
     grace = pod_template(plain)["spec"]["terminationGracePeriodSeconds"]
-    cpus = quantity(worker_container(plain)["resources"]["limits"]["cpu"])
-    batch = worker_params(plain)["batch_size"] * MEASURED_CPU_SECONDS_PER_BATCH / MEASURED_BATCH_SIZE / cpus
-    assert grace >= 3 * batch, f"{grace} s of grace for batches of {batch:.0f} s at {cpus:g} CPUs"
+    batch = worker_params(plain)["batch_size"] * MEASURED_SLOWEST_BATCH_S / MEASURED_BATCH_SIZE
+    assert grace >= 1.1 * batch, f"{grace} s of grace for batches of up to {batch:.0f} s"
     assert grace >= grace_period(compose()["services"]["worker"])
 
 
@@ -732,7 +734,7 @@ def test_the_worker_resources_fit_the_measured_worker(plain: list[dict[str, Any]
     requests, limits = resources["requests"], resources["limits"]
     # Every batch reaches the peak, so the scheduler must reserve it; the limit leaves room for growth.
     assert quantity(requests["memory"]) >= MEASURED_PEAK_RSS_MIB * MIB
-    assert quantity(limits["memory"]) >= 1.25 * MEASURED_PEAK_RSS_MIB * MIB
+    assert quantity(limits["memory"]) >= 1.5 * MEASURED_PEAK_RSS_MIB * MIB
     assert quantity(limits["memory"]) >= quantity(requests["memory"])
     # nlpkit sizes torch's threads to the CPU quota: whole CPUs, the compose worker's default count.
     cpus = quantity(limits["cpu"])
@@ -742,9 +744,8 @@ def test_the_worker_resources_fit_the_measured_worker(plain: list[dict[str, Any]
     )
     assert compose_cpus and cpus == int(compose_cpus.group(1))
     for name, container in nlpkit_containers(plain).items():
-        assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"]), (
-            name
-        )
+        given = set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+        assert {"cpu", "memory"} <= given, name
 
 
 def test_the_grace_resource_and_probe_checks_can_fail(plain: list[dict[str, Any]]) -> None:

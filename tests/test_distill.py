@@ -147,7 +147,7 @@ def test_general_distillation_lowers_the_held_out_loss_and_registers_the_student
     losses = [row["eval_loss"] for row in result.history]
     assert losses[-1] < losses[0]
     assert {"eval_ce", "eval_mlm", "eval_cos"} <= set(result.history[0])
-    [entry] = database.list_models("masked-lm")
+    [entry] = database.models.list("masked-lm")
     assert entry.name == "tiny-student"
     student = DistilBertForMaskedLM.from_pretrained(tmp_path / "student")
     assert student.config.n_layers == 2
@@ -199,7 +199,7 @@ def test_task_specific_distillation_keeps_the_teachers_accuracy(tmp_path, databa
     assert student.best_metrics["accuracy"] >= 0.97 * teacher.best_metrics["accuracy"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
     assert model.config.n_layers == 2 and model.config.id2label == {0: "negative", 1: "positive"}
-    assert [entry.name for entry in database.list_models("sentiment")] == ["student", "teacher"]
+    assert [entry.name for entry in database.models.list("sentiment")] == ["student", "teacher"]
 
 
 @pytest.mark.parametrize(

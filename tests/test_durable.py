@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from nlpkit.durable import write_isolating
-from nlpkit.queries import PredictionFilter, count_predictions
 from nlpkit.store import utcnow
+from nlpkit.store.queries import PredictionFilter, count_predictions
 
 
 def prediction(offset: int, text: str) -> dict:

@@ -31,11 +31,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect
 
-from nlpkit import dbmigrate
 from nlpkit.errors import DataFormatError
 from nlpkit.harness import run_through_worker
 from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_ID_CHARS, Decoded, Rejected, decode_message
-from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
 from nlpkit.tasks.readers import input_lines, read_rows
 
 SQL_TEXT = [
@@ -538,8 +537,7 @@ def shared_database(request, tmp_path_factory):
         server = request.getfixturevalue("postgres_server")
         name = f"hostile_{uuid.uuid4().hex[:16]}"
         url = server.create_database(name)
-    database = Database(url)
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(url)
     yield database
     database.dispose()
     if name is not None:

@@ -12,14 +12,13 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer
 from workers import unique
 
-from nlpkit import dbmigrate
 from nlpkit.cli import build_cli
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
 from nlpkit.kafkaio import create_topic, produce
-from nlpkit.queries import PredictionFilter, count_predictions
 from nlpkit.replay import REPLAY_HEADER
-from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.store import DeadLetterRow, PredictionRow, migrated_database
+from nlpkit.store.queries import PredictionFilter, count_predictions
 from nlpkit.stream import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask
 
@@ -38,8 +37,7 @@ def consumed(request, kafka_broker, tmp_path, sentiment_model_dir, monkeypatch):
     good = [(f"g{i}".encode(), json.dumps({"id": f"g{i}", "text": f"review {i} good"}).encode()) for i in range(GOOD)]
     produce(bootstrap, topic, good + [(f"b{i}".encode(), value) for i, value in enumerate(BAD)])
     url = f"sqlite:///{tmp_path / 'ops.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    database = Database(url)
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(url)
     task = SentimentTask(load_model(str(sentiment_model_dir), SentimentTask.model_class))
     config = WorkerConfig(
         topics=[topic], group=group, bootstrap_servers=bootstrap, batch_size=8, max_messages=GOOD + len(BAD)

@@ -49,7 +49,7 @@ def test_a_hook_without_a_docstring_stops_the_reference(monkeypatch):
 def test_reference_markup_becomes_markdown():
     reference = plugindocs.hook_reference()
     assert "def register_tasks(register: Callable[[type[Task]], None]) -> None: ..." in reference
-    assert "for each `nlpkit.tasks.Task` subclass" in reference  # :class:`...` role
+    assert "for each `nlpkit.Task` subclass" in reference  # :class:`...` role
     assert "Call `register(TaskClass)`" in reference  # ``...`` literal
     assert "Example:\n\n```python\n@nlpkit.hookimpl\ndef register_tasks(register):\n    register(" in reference
     assert "::" not in reference and ":class:" not in reference and "``" not in reference.replace("```", "")

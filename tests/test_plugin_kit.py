@@ -87,7 +87,7 @@ def test_batches_are_transactions_reported_to_the_hook_and_replays_overwrite(sen
 
 
 def test_a_model_registered_in_the_given_database_is_found_by_name(sentiment_model_dir, nlpkit_database):
-    nlpkit_database.register_model(name="tiny", task="sentiment", path=sentiment_model_dir, revision="r1")
+    nlpkit_database.models.register(name="tiny", task="sentiment", path=sentiment_model_dir, revision="r1")
     run = run_through_worker(
         "sentiment", "tiny", ["good"], database_url=nlpkit_database.url, topic="reviews", device="cpu"
     )

@@ -12,9 +12,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 
-from nlpkit import dbmigrate
-from nlpkit.errors import DatabaseNotReadyError
-from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TrainingRunRow, redact_url, utcnow
+from nlpkit.errors import DatabaseNotReadyError, redact_url
+from nlpkit.store import (
+    Base,
+    Database,
+    DeadLetterRow,
+    PredictionRow,
+    TrainingRunRow,
+    migrated_database,
+    migrations,
+    utcnow,
+)
 
 
 def prediction(offset: int, label: str = "positive", **overrides):
@@ -67,11 +75,10 @@ def test_migrations_build_exactly_the_mapped_schema_on_sqlite(database):
 
 @pytest.mark.integration
 def test_migrations_build_exactly_the_mapped_schema_on_postgresql(postgres_url):
-    database = Database(postgres_url)
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(postgres_url)
     check_migrations_match_models(database)
-    dbmigrate.downgrade(database.engine, "base")
-    assert dbmigrate.current_revision(database.engine) is None
+    migrations.downgrade(database.engine, "base")
+    assert migrations.current_revision(database.engine) is None
     database.dispose()
 
 
@@ -82,24 +89,24 @@ def any_database_url(request, sqlite_url) -> str:
 
 def test_keys_stored_as_text_carry_over_to_bytes_and_back(any_database_url):
     database = Database(any_database_url)
-    dbmigrate.upgrade(database.engine, "0002")
+    database.upgrade("0002")
     # A row as revision 0002 stored it: the key as text.
     old = {name: value for name, value in prediction(0).items() if name != "source_key_text"}
     old |= {"source_key": "clé", "input_extra": None, "output": "{}"}
     with database.engine.begin() as connection:
         placeholders = ", ".join(f":{name}" for name in old)
         connection.execute(text(f"INSERT INTO predictions ({', '.join(old)}) VALUES ({placeholders})"), old)
-    dbmigrate.upgrade(database.engine)
+    database.upgrade()
     database.write_batch([prediction(1, source_key=b"\x00\x00\x00\x00\x07k", source_key_text=None)], [])
     with database.session() as session:
         keys = session.execute(select(PredictionRow.source_key, PredictionRow.source_key_text)).all()
     assert sorted(keys) == [(b"\x00\x00\x00\x00\x07k", None), ("clé".encode(), "clé")]
 
-    dbmigrate.downgrade(database.engine, "0002")
+    migrations.downgrade(database.engine, "0002")
     with database.engine.connect() as connection:
         texts = sorted(connection.execute(text("SELECT source_key FROM predictions")).scalars())
     assert texts == ["clé", "hex:00000000076b"]  # a binary key has no text: shown as its bytes
-    dbmigrate.upgrade(database.engine)
+    database.upgrade()
     check_migrations_match_models(database)
     database.dispose()
 
@@ -128,27 +135,26 @@ def test_writes_are_idempotent_upserts_on_sqlite(database):
 
 @pytest.mark.integration
 def test_writes_are_idempotent_upserts_on_postgresql(postgres_url):
-    database = Database(postgres_url)
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(postgres_url)
     write_and_replay(database)
     database.dispose()
 
 
 def test_model_registry_round_trip(database, tmp_path):
-    database.register_model(name="m", task="sentiment", path=tmp_path, revision="r1", metrics={"accuracy": 0.9})
-    database.register_model(name="m", task="sentiment", path=tmp_path, revision="r2")
-    [entry] = database.list_models("sentiment")
+    database.models.register(name="m", task="sentiment", path=tmp_path, revision="r1", metrics={"accuracy": 0.9})
+    database.models.register(name="m", task="sentiment", path=tmp_path, revision="r2")
+    [entry] = database.models.list("sentiment")
     assert (entry.name, entry.revision, entry.path) == ("m", "r2", tmp_path.resolve())
-    assert database.model_path("m") == tmp_path.resolve()
-    assert database.remove_model("m") is True
-    assert database.find_model("m") is None
-    assert database.remove_model("m") is False
+    assert database.models.path("m") == tmp_path.resolve()
+    assert database.models.remove("m") is True
+    assert database.models.find("m") is None
+    assert database.models.remove("m") is False
 
 
 def test_training_runs_record_status_metrics_and_duration(database):
-    run_id = database.start_run(kind="train", task="sentiment", model_name="m", base_model="b", params={"lr": 1e-4})
-    database.record_run_metrics(run_id, [{"epoch": 1, "accuracy": 0.8}])
-    database.finish_run(run_id, "succeeded")
+    run_id = database.runs.start(kind="train", task="sentiment", model_name="m", base_model="b", params={"lr": 1e-4})
+    database.runs.record_metrics(run_id, [{"epoch": 1, "accuracy": 0.8}])
+    database.runs.finish(run_id, "succeeded")
     with database.session() as session:
         run = session.get_one(TrainingRunRow, run_id)
         assert (run.status, run.metrics, run.params) == ("succeeded", [{"epoch": 1, "accuracy": 0.8}], {"lr": 1e-4})
@@ -169,7 +175,7 @@ def run_in_a_child(database: Database) -> subprocess.Popen:
             "-c",
             "import sys, time\n"
             "from nlpkit.store import Database\n"
-            "with Database(sys.argv[1]).recorded_run(kind='train', task='sentiment', model_name='m',"
+            "with Database(sys.argv[1]).runs.recorded(kind='train', task='sentiment', model_name='m',"
             " base_model=None, params={}):\n"
             "    print('ready', flush=True)\n"
             "    time.sleep(60)\n",
@@ -187,7 +193,7 @@ def test_a_run_stopped_by_sigterm_is_recorded_as_interrupted(database):
     child = run_in_a_child(database)
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) != 0
-    [run] = database.list_runs(model_name="m")
+    [run] = database.runs.list(model_name="m")
     assert (run.status, run.error) == ("interrupted", "Terminated: received SIGTERM")
     assert run.duration_s is not None
 
@@ -196,18 +202,18 @@ def test_a_run_whose_process_was_killed_outright_is_marked_lost(database):
     """SIGKILL and the OOM killer give a run no chance to record anything; the next look at the
     runs table from the same host finds its process gone."""
     child = run_in_a_child(database)
-    [killed] = database.list_runs(model_name="m")
+    [killed] = database.runs.list(model_name="m")
     assert (killed.status, killed.host, killed.pid) == ("running", socket.gethostname(), child.pid)
-    database.start_run(kind="train", task="sentiment", model_name="alive", base_model=None, params={})
-    elsewhere = database.start_run(kind="train", task="sentiment", model_name="elsewhere", base_model=None, params={})
+    database.runs.start(kind="train", task="sentiment", model_name="alive", base_model=None, params={})
+    elsewhere = database.runs.start(kind="train", task="sentiment", model_name="elsewhere", base_model=None, params={})
     with database.session() as session:
         session.get_one(TrainingRunRow, elsewhere).host = "another-host"
-    assert database.mark_lost_runs() == []  # the child still runs
+    assert database.runs.mark_lost() == []  # the child still runs
     child.kill()
     child.wait(timeout=30)
-    assert database.mark_lost_runs() == [killed.id]
-    assert database.mark_lost_runs() == []
-    status = {run.model_name: (run.status, run.error) for run in database.list_runs()}
+    assert database.runs.mark_lost() == [killed.id]
+    assert database.runs.mark_lost() == []
+    status = {run.model_name: (run.status, run.error) for run in database.runs.list()}
     assert status == {
         "m": ("lost", f"process {child.pid} on {socket.gethostname()} ended without recording an outcome"),
         "alive": ("running", None),
@@ -217,8 +223,8 @@ def test_a_run_whose_process_was_killed_outright_is_marked_lost(database):
 
 def test_sigterm_handling_is_confined_to_the_run(database):
     before = signal.getsignal(signal.SIGTERM)
-    with database.recorded_run(kind="train", task="sentiment", model_name="m", base_model=None, params={}):
+    with database.runs.recorded(kind="train", task="sentiment", model_name="m", base_model=None, params={}):
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
-    [run] = database.list_runs(model_name="m")
+    [run] = database.runs.list(model_name="m")
     assert run.status == "succeeded"

@@ -123,4 +123,4 @@ def test_every_task_can_be_fine_tuned_and_learns(task, tmp_path, database):
     assert losses[-1] < 0.7 * losses[0], losses
     headline = next(iter(result.best_metrics))
     assert result.best_metrics[headline] > {"ner": 0.5, "qa": 30, "multilabel": 0.5}[task], result.history
-    assert [entry.name for entry in database.list_models(task)] == [f"tiny-{task}"]
+    assert [entry.name for entry in database.models.list(task)] == [f"tiny-{task}"]

@@ -60,7 +60,7 @@ def test_fine_tuning_learns_keeps_the_best_epoch_and_registers_it(tmp_path, base
     assert losses[-1] < losses[0] < 0.75
     accuracies = [epoch["accuracy"] for epoch in result.history]
     assert result.best_metrics["accuracy"] == max(accuracies) > 0.9
-    [entry] = database.list_models("sentiment")
+    [entry] = database.models.list("sentiment")
     assert (entry.name, entry.path, entry.metrics) == ("tiny-sentiment", (tmp_path / "out").resolve(),
                                                        result.best_metrics)  # fmt: skip
     assert entry.revision == read_metadata(tmp_path / "out")["revision"]
@@ -86,7 +86,7 @@ def test_a_failed_run_is_recorded_as_failed(tmp_path, base_model, database):
     with database.session() as session:
         [run] = session.query(TrainingRunRow).all()
         assert run.status == "failed" and "neutral" in run.error
-    assert database.list_models() == []
+    assert database.models.list() == []
 
 
 def test_length_grouped_batches_cover_every_example_once_with_similar_lengths():
@@ -193,7 +193,7 @@ def test_two_processes_under_accelerate_launch(tmp_path, base_model, nlpkit_home
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     database = Database(settings.get("database_url"))
-    [entry] = database.list_models("sentiment")  # registered once, by the main process
+    [entry] = database.models.list("sentiment")  # registered once, by the main process
     with database.session() as session:
         [run] = session.query(TrainingRunRow).all()
         assert run.status == "succeeded" and len(run.metrics) == 3

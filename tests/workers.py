@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit import dbmigrate
-from nlpkit.store import Database
+from nlpkit.store import Database, migrated_database
 
 
 def unique(prefix: str) -> str:
@@ -23,8 +22,7 @@ def unique(prefix: str) -> str:
 
 
 def migrated(url: str) -> Database:
-    database = Database(url)
-    dbmigrate.upgrade(database.engine)
+    database = migrated_database(url)
     return database
 
 

@@ -98,7 +98,7 @@ def distill(config: DistillConfig, database: Database) -> FineTuneResult:
     job = run(config, database, accelerator, use_bf16)
     if not accelerator.is_main_process:
         return job.execute(None)
-    with database.recorded_run(
+    with database.runs.recorded(
         kind="distill", task=job.task_name, model_name=config.name, base_model=config.teacher, params=config.params()
     ) as run_id:
         return job.execute(run_id)
@@ -138,7 +138,7 @@ class _Run:
     ) -> FineTuneResult:
         loop_config = self.config.loop()
         loop_config.lower_is_better = lower_is_better
-        record = (lambda history: self.database.record_run_metrics(run_id, history)) if run_id else lambda h: None
+        record = (lambda history: self.database.runs.record_metrics(run_id, history)) if run_id else lambda h: None
         loop = TrainingLoop(
             self.accelerator,
             student.model,
@@ -154,7 +154,7 @@ class _Run:
         )
         result = loop.run(resume=self.config.resume)
         if run_id is not None:
-            self.database.register_model(
+            self.database.models.register(
                 name=self.config.name,
                 task=self.task_name,
                 path=self.output_dir,

@@ -79,7 +79,7 @@ def fine_tune(config: FineTuneConfig, database: Database) -> FineTuneResult:
     task = _task_with_new_head(config, task_class, train_examples, database, accelerator, use_bf16)
     if not accelerator.is_main_process:  # the main process alone writes to the database
         return _train(config, task, train_examples, eval_examples, output_dir, accelerator, None, None)
-    with database.recorded_run(
+    with database.runs.recorded(
         kind="train", task=config.task, model_name=config.name, base_model=config.base_model, params=config.params()
     ) as run_id:
         return _train(config, task, train_examples, eval_examples, output_dir, accelerator, database, run_id)
@@ -149,11 +149,11 @@ def _train(
         evaluate=lambda: evaluate(task, eval_examples) if eval_examples else {},
         save_best=save_best,
         state_dir=output_dir.with_name(output_dir.name + ".state"),
-        record=(lambda history: database.record_run_metrics(run_id, history)) if database else lambda history: None,
+        record=(lambda history: database.runs.record_metrics(run_id, history)) if database else lambda history: None,
     )
     result = loop.run(resume=config.resume)
     if database is not None and run_id is not None:
-        database.register_model(
+        database.models.register(
             name=config.name,
             task=config.task,
             path=output_dir,

@@ -42,7 +42,7 @@ def build_model_command(state: CliState, dest: Path, epochs: int, seed: int, nam
         err=True,
     )
     if name:
-        state.database().register_model(
+        state.database().models.register(
             name=name,
             task="langid",
             path=dest,

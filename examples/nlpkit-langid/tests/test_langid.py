@@ -93,7 +93,7 @@ def test_build_register_and_predict_from_the_command_line(tmp_path, nlpkit_datab
     )
     assert built.returncode == 0, built.stderr
     assert "saved a model for de, en, es, fr" in built.stderr and "registered it as 'mini'" in built.stderr
-    assert nlpkit_database.find_model("mini").task == "langid"
+    assert nlpkit_database.models.find("mini").task == "langid"
 
     # No --model: the newest model registered for the task, the one just built.
     predicted = nlpkit("--database-url", url, "predict", "langid", "Hola a todos", "Hello everyone")

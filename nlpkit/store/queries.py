@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, update
 
-from nlpkit.store import Database, DeadLetterRow, PredictionRow, TombstoneRow, utcnow
+from nlpkit.store.database import Database
+from nlpkit.store.tables import DeadLetterRow, PredictionRow, TombstoneRow, utcnow
 
 # The columns an export carries, in order: where the input came from, what it said, what the model said.
 PREDICTION_COLUMNS = (
