@@ -1,0 +1,1 @@
+"""nlpkit.stream."""
