@@ -60,13 +60,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
 
-from nlpkit.kafkaio import admin_client, create_topic, produce
-from nlpkit.lag import consumer_lag
 from nlpkit.localservices import free_ports
 from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
+from nlpkit.stream.kafka_clients import admin_client, create_topic, produce
+from nlpkit.stream.lag import consumer_lag
 from nlpkit.system.cache import cache_dir
 from nlpkit.tasks.readers import read_rows, text_field
 

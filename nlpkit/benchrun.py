@@ -167,10 +167,10 @@ def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
     from sqlalchemy import select
 
     from nlpkit.inference.engine import Engine
-    from nlpkit.kafkaio import create_topic, produce
     from nlpkit.pipelines import load_task
     from nlpkit.store import PredictionRow, migrated_database
-    from nlpkit.stream import Worker, WorkerConfig
+    from nlpkit.stream.kafka_clients import create_topic, produce
+    from nlpkit.stream.worker import Worker, WorkerConfig
 
     task = load_task(spec["task"], spec["model"], backend=spec["backend"], **spec["options"])
     engine = Engine(task, batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])

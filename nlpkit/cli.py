@@ -292,10 +292,10 @@ def consume(
 ) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
     from nlpkit.inference.engine import Engine
-    from nlpkit.monitoring import MonitoringServer, WorkerMetrics
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
-    from nlpkit.stream import Worker, WorkerConfig
+    from nlpkit.stream.monitoring import MonitoringServer, WorkerMetrics
+    from nlpkit.stream.worker import Worker, WorkerConfig
     from nlpkit.system.threads import configure_threads
 
     logging.getLogger("nlpkit").setLevel(logging.INFO)
@@ -396,7 +396,7 @@ def send(
     """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages."""
     from tqdm import tqdm
 
-    from nlpkit.kafkaio import file_messages, produce
+    from nlpkit.stream.kafka_clients import file_messages, produce
 
     messages = file_messages(file, text_column=text_column, key_field=key_field, sample=sample, seed=seed)
     # disable=None: a bar on a terminal, none in logs and pipes.
@@ -417,7 +417,7 @@ def topics() -> None:
 @bootstrap_option
 def topics_create(name: str, partitions: int, replication_factor: int, bootstrap_servers: str | None) -> None:
     """Create a topic (does nothing if it exists)."""
-    from nlpkit.kafkaio import create_topic
+    from nlpkit.stream.kafka_clients import create_topic
 
     created = create_topic(settings.get("bootstrap_servers", bootstrap_servers), name, partitions, replication_factor)
     stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
@@ -427,7 +427,7 @@ def topics_create(name: str, partitions: int, replication_factor: int, bootstrap
 @bootstrap_option
 def topics_list(bootstrap_servers: str | None) -> None:
     """List topics and their partition counts."""
-    from nlpkit.kafkaio import list_topics
+    from nlpkit.stream.kafka_clients import list_topics
 
     for name, partitions in list_topics(settings.get("bootstrap_servers", bootstrap_servers)).items():
         click.echo(f"{name}\t{partitions}")

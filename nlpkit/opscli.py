@@ -75,7 +75,7 @@ def status(
 
 
 def _lag_rows(servers: str, groups: tuple[str, ...], topics: tuple[str, ...]) -> list[dict]:
-    from nlpkit.lag import consumer_lag
+    from nlpkit.stream.lag import consumer_lag
 
     return [row.as_dict() for row in consumer_lag(servers, groups=groups, topics=topics)]
 
@@ -205,14 +205,14 @@ def dead_letters_replay(
 ) -> None:
     """Re-send dead letters (by ID, or --all matching the filters) to Kafka and mark them replayed.
 
-    The raw key and value go out unchanged, with an ``nlpkit.replay-of`` header naming
+    The raw key and value go out unchanged, with an ``nlpkit.stream.replay-of`` header naming
     the original topic/partition/offset; the workers then process them as new messages.
     With --direct they are processed here instead, their predictions stored under their
     original offsets; those that fail again stay dead letters, with the new reason.
     """
-    from nlpkit.replay import resend
     from nlpkit.store.queries import DeadLetterFilter
     from nlpkit.store.queries import dead_letters as read
+    from nlpkit.stream.replay import resend
 
     if not ids and not replay_all:
         raise click.UsageError("name dead letters by ID, or pass --all (with filters) to replay every match")
@@ -237,7 +237,7 @@ def dead_letters_replay(
 def _replay_directly(database: Any, letters: list[Any], model: str | None) -> Any:
     from nlpkit.inference.engine import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
-    from nlpkit.replay import process_directly
+    from nlpkit.stream.replay import process_directly
 
     tasks = sorted({letter.task for letter in letters})
     if model and len(tasks) > 1:
@@ -364,7 +364,7 @@ def exported_key(key: bytes | None) -> str | dict[str, str] | None:
     a marker no text key can be mistaken for, so binary keys come back byte for byte."""
     import base64
 
-    from nlpkit.messages import key_text
+    from nlpkit.stream.messages import key_text
 
     if key is None:
         return None

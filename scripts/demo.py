@@ -28,10 +28,10 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from nlpkit import settings
-from nlpkit.kafkaio import create_topic, file_messages, produce
 from nlpkit.localservices.kafka import ensure_kafka_jars, local_broker_status, start_local_broker, stop_local_broker
 from nlpkit.models.starter import starter_model_path
 from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
+from nlpkit.stream.kafka_clients import create_topic, file_messages, produce
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NLPKIT_DATA", REPO.parent / "shared" / "data"))

@@ -83,7 +83,7 @@ def test_a_worker_on_the_onnx_backend_never_imports_torch(sentiment_copy: Path) 
     code = (
         "import json, sys\n"
         "import nlpkit.cli\n"
-        "from nlpkit.harness import run_through_worker\n"
+        "from nlpkit.testing import run_through_worker\n"
         f"run = run_through_worker('sentiment', {str(sentiment_copy)!r}, {texts!r}, backend='onnx')\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'outputs': run.outputs}))\n"
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nlpkit.durable import write_isolating
 from nlpkit.store import utcnow
 from nlpkit.store.queries import PredictionFilter, count_predictions
+from nlpkit.stream.sinks.database import write_isolating
 
 
 def prediction(offset: int, text: str) -> dict:

@@ -19,15 +19,15 @@ import pytest
 from sqlalchemy import func, select
 from workers import migrated, start_worker, stop, unique, wait_for
 
-from nlpkit.harness import run_through_worker
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
-from nlpkit.kafkaio import create_topic, produce
-from nlpkit.lag import consumer_lag
 from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.stream.kafka_clients import create_topic, produce
+from nlpkit.stream.lag import consumer_lag
+from nlpkit.stream.worker import Worker, WorkerConfig
+from nlpkit.testing import run_through_worker
 from nlpkit_plugins.sentiment import SentimentTask
 
 pytestmark = pytest.mark.integration

@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect
 
 from nlpkit.errors import DataFormatError
-from nlpkit.harness import run_through_worker
-from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_ID_CHARS, Decoded, Rejected, decode_message
 from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
+from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES, MAX_ID_CHARS, Decoded, Rejected, decode_message
 from nlpkit.tasks.readers import input_lines, read_rows
+from nlpkit.testing import run_through_worker
 
 SQL_TEXT = [
     "'; DROP TABLE predictions; --",

@@ -23,12 +23,12 @@ from workers import migrated, unique, wait_for
 
 from nlpkit.cli import build_cli
 from nlpkit.inference.engine import Engine
-from nlpkit.kafkaio import create_topic, produce
-from nlpkit.lag import consumer_lag
-from nlpkit.monitoring import WorkerMetrics
 from nlpkit.pipelines import load_task
 from nlpkit.store import DeadLetterRow, PredictionRow, TombstoneRow
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.stream.kafka_clients import create_topic, produce
+from nlpkit.stream.lag import consumer_lag
+from nlpkit.stream.monitoring import WorkerMetrics
+from nlpkit.stream.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.integration
 

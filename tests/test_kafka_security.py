@@ -25,7 +25,7 @@ from workers import migrated
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.stream.worker import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask
 
 NO_BROKER = "127.0.0.1:1"
@@ -97,7 +97,7 @@ def test_the_workers_clients_use_sasl_ssl_settings_from_the_environment(worker, 
     assert {key: consumer_settings.get(key) for key in expected} == expected
     assert consumer_settings["group.id"] == "secure"
 
-    producer = worker.new_dead_letter_producer()
+    producer = worker.dead_letter_topic.new_producer()
     producer_settings = reported_settings(producer.poll, caplog)
     assert {key: producer_settings.get(key) for key in expected} == expected
     assert producer_settings["enable.idempotence"] == "true"
@@ -120,7 +120,7 @@ def test_a_setting_librdkafka_refuses_is_one_nlpkit_error(
     not_a_certificate = tmp_path / "not-a-certificate.pem"
     not_a_certificate.write_text("this is no certificate\n")
     monkeypatch.setenv(variable, value.format(not_a_certificate=not_a_certificate))
-    for make in (worker.new_consumer, worker.new_dead_letter_producer):
+    for make in (worker.new_consumer, worker.dead_letter_topic.new_producer):
         with pytest.raises(NlpkitError) as refused:
             make()
         message = str(refused.value)

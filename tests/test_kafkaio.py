@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from nlpkit.kafkaio import CLIENT_LOG
+from nlpkit.stream.kafka_clients import CLIENT_LOG
 
 
 def test_the_retry_after_a_broker_start_is_dropped_and_other_client_warnings_pass(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nlpkit.messages import Decoded, Rejected, decode_message
+from nlpkit.stream.messages import Decoded, Rejected, decode_message
 
 
 def test_json_object_with_id():

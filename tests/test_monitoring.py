@@ -10,7 +10,7 @@ import urllib.request
 import psutil
 import pytest
 
-from nlpkit.monitoring import MonitoringServer, WorkerMetrics
+from nlpkit.stream.monitoring import MonitoringServer, WorkerMetrics
 
 
 def get(url: str) -> tuple[int, str]:
@@ -78,7 +78,7 @@ def test_a_running_worker_serves_metrics_and_health(kafka_broker, tmp_path, sent
     from test_stream import caught_up, good_message
     from workers import migrated, start_worker, unique
 
-    from nlpkit.kafkaio import create_topic, produce
+    from nlpkit.stream.kafka_clients import create_topic, produce
 
     bootstrap, topic, group = kafka_broker.bootstrap_servers, unique("metrics"), unique("group")
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
@@ -120,7 +120,7 @@ def test_the_metrics_host_setting_moves_the_server_off_loopback(
 ):
     from workers import migrated, start_worker, stop, unique, wait_for
 
-    from nlpkit.kafkaio import create_topic
+    from nlpkit.stream.kafka_clients import create_topic
 
     bootstrap, topic = kafka_broker.bootstrap_servers, unique("metrics-host")
     url = f"sqlite:///{tmp_path / 'metrics.db'}"

@@ -15,11 +15,11 @@ from workers import unique
 from nlpkit.cli import build_cli
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
-from nlpkit.kafkaio import create_topic, produce
-from nlpkit.replay import REPLAY_HEADER
 from nlpkit.store import DeadLetterRow, PredictionRow, migrated_database
 from nlpkit.store.queries import PredictionFilter, count_predictions
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.stream.kafka_clients import create_topic, produce
+from nlpkit.stream.replay import REPLAY_HEADER
+from nlpkit.stream.worker import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask
 
 pytestmark = pytest.mark.integration

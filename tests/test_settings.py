@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from nlpkit import settings
 from nlpkit.cli import build_cli
-from nlpkit.kafkaio import client_config
+from nlpkit.stream.kafka_clients import client_config
 
 TOML = """
 database_url = "postgresql+psycopg://nlpkit:file-secret@db.internal/nlpkit"

@@ -20,10 +20,10 @@ from workers import migrated, start_worker, stop, unique, wait_for
 from nlpkit import hookimpl, hookspecs
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
-from nlpkit.kafkaio import create_topic, produce
 from nlpkit.pipelines import load_task
 from nlpkit.store import Database, DeadLetterRow, PredictionRow
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.stream.kafka_clients import create_topic, produce
+from nlpkit.stream.worker import Worker, WorkerConfig
 from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.sentiment import SentimentTask
 

@@ -1,1 +1,19 @@
-"""nlpkit.stream."""
+"""Streaming: Kafka in, rows and results out.
+
+- ``worker``: the consumer loop: group membership, keep-alive polls, signals, committing
+  each partition's position after the sinks have the batch;
+- ``processing``: a batch of messages into prediction, dead-letter and tombstone rows,
+  with no Kafka in it (the worker, ``dead-letters replay --direct`` and ``nlpkit.testing``
+  all use it as it is);
+- ``messages``: message bytes into a task's fields, or the reason why not;
+- ``sinks``: where rows go (the database; the dead-letter topic);
+- ``kafka_clients``, ``lag``, ``monitoring``, ``replay``: clients and topics, consumer lag,
+  Prometheus metrics and health, dead letters' second chance.
+
+Above inference and store; nothing below imports from here.
+"""
+
+from nlpkit.stream.processing import BatchProcessor, ProcessedBatch, StandInMessage
+from nlpkit.stream.worker import Worker, WorkerConfig, WorkerStats
+
+__all__ = ["BatchProcessor", "ProcessedBatch", "StandInMessage", "Worker", "WorkerConfig", "WorkerStats"]

@@ -14,7 +14,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from nlpkit.errors import NlpkitError
-from nlpkit.kafkaio import admin_client
+from nlpkit.stream.kafka_clients import admin_client
 
 
 @dataclass(frozen=True)

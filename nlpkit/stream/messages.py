@@ -20,8 +20,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME
-
 DEFAULT_MAX_MESSAGE_BYTES = 100_000
 MAX_ID_CHARS = 255
 TOMBSTONE_REASON = "tombstone (null value)"
@@ -113,38 +111,4 @@ def key_text(key: bytes | None) -> str | None:
     try:
         return key.decode("utf-8")
     except UnicodeDecodeError:
-        return None
-
-
-@dataclass(frozen=True)
-class StandInMessage:
-    """The parts of a ``confluent_kafka.Message`` the worker reads, for messages no broker delivered
-    just now: a test's messages (``nlpkit.harness``) or a dead letter replayed in place."""
-
-    topic_name: str
-    partition_number: int
-    offset_number: int
-    key_bytes: bytes | None
-    value_bytes: bytes | None
-    timestamp_ms: int
-
-    def topic(self) -> str:
-        return self.topic_name
-
-    def partition(self) -> int:
-        return self.partition_number
-
-    def offset(self) -> int:
-        return self.offset_number
-
-    def key(self) -> bytes | None:
-        return self.key_bytes
-
-    def value(self) -> bytes | None:
-        return self.value_bytes
-
-    def timestamp(self) -> tuple[int, int]:
-        return TIMESTAMP_CREATE_TIME, self.timestamp_ms
-
-    def error(self) -> None:
         return None

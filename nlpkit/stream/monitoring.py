@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-log = logging.getLogger("nlpkit.monitoring")
+log = logging.getLogger("nlpkit.stream.monitoring")
 
 STATS_INTERVAL_MS = 5000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

@@ -14,15 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nlpkit.kafkaio import produce
-from nlpkit.messages import StandInMessage
 from nlpkit.store import Database, DeadLetterRow, as_utc
 from nlpkit.store.queries import mark_replayed
+from nlpkit.stream.kafka_clients import produce
+from nlpkit.stream.processing import BatchProcessor, StandInMessage
+from nlpkit.stream.sinks.database import DatabaseSink
 
 if TYPE_CHECKING:
     from nlpkit.inference.engine import Engine
 
-REPLAY_HEADER = "nlpkit.replay-of"
+REPLAY_HEADER = "nlpkit.stream.replay-of"
 
 
 def resend(
@@ -63,10 +64,9 @@ def process_directly(
     offset) and its dead letter is marked replayed; one that fails again keeps (or updates)
     its dead letter, with the new reason, unmarked.
     """
-    from nlpkit.stream import Worker, WorkerConfig
-
-    worker = Worker(WorkerConfig(topics=(), group="nlpkit-replay", bootstrap_servers=""), engines, database)
-    batch = worker.process([_as_message(letter) for letter in letters])
+    processor = BatchProcessor(engines)
+    batch = processor.process([_as_message(letter) for letter in letters])
+    DatabaseSink(database).write(batch, processor.models)
     fixed = {(row["source_topic"], row["source_partition"], row["source_offset"]) for row in batch.predictions}
     mark_replayed(database, [letter.id for letter in letters if _key(letter) in fixed])
     return DirectReplay(stored=len(batch.predictions), still_dead=len(batch.dead_letters))

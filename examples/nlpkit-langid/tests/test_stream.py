@@ -9,8 +9,8 @@ import sys
 import uuid
 
 import pytest
-from nlpkit.kafkaio import create_topic, produce
 from nlpkit.store import DeadLetterRow, PredictionRow
+from nlpkit.stream.kafka_clients import create_topic, produce
 from sqlalchemy import select
 
 pytestmark = pytest.mark.integration

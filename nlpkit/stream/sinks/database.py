@@ -1,4 +1,4 @@
-"""Writing a worker's batch when the database misbehaves: wait out outages, isolate poison rows.
+"""The database sink: a batch in one transaction, outages waited out, poison rows isolated.
 
 Two kinds of failure look alike from the outside and need opposite treatment:
 
@@ -14,15 +14,20 @@ Two kinds of failure look alike from the outside and need opposite treatment:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError, StatementError
 
 from nlpkit.errors import error_line
-from nlpkit.store import Database
+from nlpkit.store import Database, utcnow
+from nlpkit.stream.messages import Rejected
+from nlpkit.stream.processing import ProcessedBatch, Row, dead_letter_row
 
-Row = dict[str, Any]
+log = logging.getLogger("nlpkit.worker")
+T = TypeVar("T")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -100,3 +105,89 @@ def _made_safe(row: Row, reason: str) -> Row:
         return None if text is None else text.replace("\x00", "\\x00")
 
     return {**row, "task": safe(row["task"]), "reason": safe(f"{row['reason']} ({reason})")}
+
+
+class StoppedDuringOutage(Exception):
+    """Asked to stop while the database was unavailable: the batch stays unstored, for redelivery."""
+
+
+class DatabaseSink:
+    """Stores each processed batch in the database, then reports it to ``predictions_stored``.
+
+    One transaction per batch; rows the database refuses become dead letters of their own
+    (see :func:`write_isolating`); while the database is unavailable the write is retried,
+    waiting ``retry_initial_s`` at first and doubling up to ``retry_max_s``. ``wait`` is
+    how it waits (the worker polls Kafka meanwhile, to stay in its group) and ``stopping``
+    says whether to give up instead: the batch was never stored, so it is delivered again.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        hook: Any = None,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        wait: Callable[[float], None] = time.sleep,
+        stopping: Callable[[], bool] = lambda: False,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
+        self.database = database
+        self.hook = hook
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.wait = wait
+        self.stopping = stopping
+        self.on_retry = on_retry
+
+    def write(self, batch: ProcessedBatch, models: Mapping[str, str]) -> None:
+        """Store ``batch`` (``models``: task name -> the model name reported to the hook)."""
+        stored_at = utcnow()
+        for row in (*batch.predictions, *batch.dead_letters, *batch.tombstones):
+            row["stored_at"] = stored_at
+        rejected = self._retrying(
+            lambda: write_isolating(self.database, batch.predictions, batch.dead_letters, batch.tombstones)
+        )
+        if rejected:
+            self._turn_into_dead_letters(batch, rejected, stored_at)
+        if self.hook is not None:
+            for stored in batch.by_task(models):
+                try:
+                    self.hook.predictions_stored(batch=stored)
+                except Exception:  # a plugin's bug must not stop the stream; the rows are already safe
+                    log.exception("a predictions_stored hook failed")
+
+    def _turn_into_dead_letters(self, batch: ProcessedBatch, rejected: list[tuple[Row, str]], stored_at: Any) -> None:
+        refused = {id(row) for row, _reason in rejected}
+        batch.predictions = [row for row in batch.predictions if id(row) not in refused]
+        letters = []
+        for row, reason in rejected:
+            message = batch.message_of(row)
+            log.warning("%s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason)
+            letters.append(
+                dead_letter_row(message, row["task"], Rejected(reason, stage="store")) | {"stored_at": stored_at}
+            )
+        batch.dead_letters.extend(letters)
+        self._retrying(lambda: write_dead_letters(self.database, letters))
+
+    def _retrying(self, write: Callable[[], T]) -> T:
+        """Run a database write until it succeeds, waiting out outages with exponential backoff.
+
+        Rejected data is not an outage and propagates at once (``write`` isolates it). A stop
+        requested during an outage abandons the batch: it was never stored, so its offsets
+        are never committed and Kafka delivers it again.
+        """
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                if self.stopping():
+                    raise StoppedDuringOutage from exc
+                log.warning("database unavailable (%s); retrying in %.1f s", error_line(exc), delay)
+                if self.on_retry is not None:
+                    self.on_retry()
+                self.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)

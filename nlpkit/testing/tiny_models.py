@@ -9,10 +9,6 @@ trains or converts one stays well under a second.
 The vocabulary is small but covers any lower-case ASCII text without ``[UNK]``, and
 the position tables are short (64 by default) so tests can feed inputs longer than
 the model maximum cheaply. Weights are random but deterministic for a seed.
-
-With :func:`run_through_worker` (from :mod:`nlpkit.harness`, re-exported here so plugin
-authors have one module to import) a test puts messages through the real worker
-logic into a database without a broker; ``nlpkit.pytest_plugin`` adds the fixtures.
 """
 
 from __future__ import annotations
@@ -39,8 +35,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from nlpkit.harness import WorkerRun as WorkerRun
-from nlpkit.harness import run_through_worker as run_through_worker
 from nlpkit.models.files import quiet_loading
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

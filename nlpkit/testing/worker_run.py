@@ -3,10 +3,10 @@
 A plugin author wants to know what ``nlpkit consume --task NAME`` does with their task:
 which messages become predictions, what the stored rows look like, which become dead
 letters and why. :func:`run_through_worker` answers that in a unit test. It wraps each
-message in a stand-in for a Kafka message and hands them to
-:meth:`nlpkit.stream.Worker.process`, the very code a running worker calls between
-poll and commit (decode, validate, route, engine, one database transaction, the
-``predictions_stored`` hook), then reads back what landed in the database.
+message in a stand-in for a Kafka message and hands them to the worker's own
+processing (``nlpkit.stream.processing``: decode, validate, route, engine) and database
+sink (one transaction per batch, then the ``predictions_stored`` hook), then reads back
+what landed in the database.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from nlpkit.inference.engine import Engine
-from nlpkit.messages import DEFAULT_MAX_MESSAGE_BYTES, StandInMessage
+from nlpkit.inference import Engine
 from nlpkit.pipelines import ModelRegistry, load_task
 from nlpkit.plugins import load_plugins
-from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TombstoneRow
-from nlpkit.stream import Worker, WorkerConfig
+from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TombstoneRow, migrated_database
+from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES
+from nlpkit.stream.processing import BatchProcessor, StandInMessage
+from nlpkit.stream.sinks.database import DatabaseSink
 
 # A message value as a test writes it: a dict is sent as JSON, a str as UTF-8, bytes as they are
 # and None as a null value (a tombstone). A (key, value) pair also gives the message a key.
@@ -61,9 +62,9 @@ def run_through_worker(
     *,
     database_url: str | None = None,
     topic: str = "nlpkit-test",
-    batch_size: int = WorkerConfig.batch_size,
+    batch_size: int = 512,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    tombstones: str = WorkerConfig.tombstones,
+    tombstones: str = "skip",
     hook: Any = None,
     **options: Any,
 ) -> WorkerRun:
@@ -80,27 +81,18 @@ def run_through_worker(
     stand_ins = [_stand_in(topic, offset, message) for offset, message in enumerate(messages)]
     with _database(database_url) as database:
         loaded = load_task(task, str(model), registry=ModelRegistry(database), **options)
-        config = WorkerConfig(
-            topics=[topic],
-            group="nlpkit-test",
-            bootstrap_servers="",
-            batch_size=batch_size,
-            max_message_bytes=max_message_bytes,
-            tombstones=tombstones,
-        )
-        hook = load_plugins().hook if hook is None else hook
-        worker = Worker(config, {task: Engine(loaded)}, database, hook=hook)
+        processor = BatchProcessor({task: Engine(loaded)}, max_message_bytes=max_message_bytes, tombstones=tombstones)
+        sink = DatabaseSink(database, hook=load_plugins().hook if hook is None else hook)
         for start in range(0, len(stand_ins), batch_size):
-            worker.process(stand_ins[start : start + batch_size])
+            sink.write(processor.process(stand_ins[start : start + batch_size]), processor.models)
         return WorkerRun(*(_rows(database, table, topic) for table in (PredictionRow, DeadLetterRow, TombstoneRow)))
 
 
 @contextmanager
 def _database(url: str | None) -> Iterator[Database]:
     with tempfile.TemporaryDirectory(prefix="nlpkit-worker-run-") as scratch:
-        database = Database(url or f"sqlite:///{Path(scratch) / 'nlpkit.db'}")
+        database = migrated_database(url or f"sqlite:///{Path(scratch) / 'nlpkit.db'}")
         try:
-            database.upgrade()
             yield database
         finally:
             database.dispose()
