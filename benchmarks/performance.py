@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nlpkit.benchmodels import starter_with_head
+from nlpkit.bench.models import starter_with_head
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]

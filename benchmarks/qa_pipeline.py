@@ -1,7 +1,7 @@
 """Extractive QA: nlpkit's engine against transformers 4.57's question-answering pipeline, side by side.
 
 transformers 5 removed that pipeline, so it runs in a side environment with 4.57
-(nlpkit.throwaway_env, cached under ~/.cache/nlpkit/envs; torch is borrowed from .venv).
+(nlpkit.bench.side_env, cached under ~/.cache/nlpkit/envs; torch is borrowed from .venv).
 Every variant runs in a fresh process with the same thread count on the same SQuAD v1.1
 dev questions (a seeded random sample, never a prefix) and the pipeline's defaults
 (doc_stride 128, max_seq_len 384, max_answer_len 15, top_k 1): its peak RSS and load
@@ -119,7 +119,7 @@ def squad_questions(path: Path, limit: int, seed: int) -> list[Question]:
 
 def bench_model(say: Callable[[str], None]) -> Path:
     """The default model: the starter BERT as DistilBERT with a seeded random QA head, built once and cached."""
-    from nlpkit.benchmodels import starter_with_head
+    from nlpkit.bench.models import starter_with_head
 
     say("the benchmark QA model (built once under ~/.cache/nlpkit/bench-models)")
     return starter_with_head("qa-minilm", "DistilBertForQuestionAnswering", seed=HEAD_SEED)
@@ -129,8 +129,8 @@ def run_variants(
     model_dir: Path, questions: list[Question], threads: int, say: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Every variant's result by name, and notes on the variants left out."""
+    from nlpkit.bench.side_env import LEGACY_TRANSFORMERS, cached_environment
     from nlpkit.system.hardware import has_bf16
-    from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 
     say(f"preparing the {LEGACY_TRANSFORMERS} side environment (installs on the first run only)")
     legacy = cached_environment(LEGACY_TRANSFORMERS)

@@ -22,7 +22,7 @@ data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _calibration_records(task_class: Any, data: Path, limit: int, seed: int) -> list[Any]:
-    from nlpkit.bench import sample_examples
+    from nlpkit.bench.suite import sample_examples
 
     return [example.record for example in sample_examples(task_class.read_examples(data), limit, seed)]
 
@@ -103,7 +103,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     """Time the transformers pipeline, the engine on each backend and the streaming path, side by side."""
     from contextlib import ExitStack
 
-    from nlpkit import bench as benchmark
+    from nlpkit.bench import suite as benchmark
     from nlpkit.models.files import resolve_model_path
     from nlpkit.pipelines import ModelRegistry
     from nlpkit.plugins import get_task_class

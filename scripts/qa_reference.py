@@ -5,7 +5,7 @@ keeps its behaviour, and tests/test_qa.py checks that against this fixture. This
 
 1. builds the tiny random QA model the test builds (same seed: nlpkit.testing draws the
    weights from NumPy's frozen legacy generator, so they are the same everywhere);
-2. uses a side virtual environment with transformers 4.57 (nlpkit.throwaway_env: torch is
+2. uses a side virtual environment with transformers 4.57 (nlpkit.bench.side_env: torch is
    borrowed from this environment through a .pth file rather than downloaded again; the
    environment is cached under ~/.cache/nlpkit/envs, so only the first run installs it);
 3. runs the 4.57 pipeline there on the cases below and writes tests/fixtures/qa_reference.json.
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nlpkit.bench.side_env import LEGACY_TRANSFORMERS, cached_environment
 from nlpkit.models.files import weights_digest
 from nlpkit.testing import save_tiny_distilbert
-from nlpkit.throwaway_env import LEGACY_TRANSFORMERS, cached_environment
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "qa_reference.json"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from nlpkit.benchrun import ShapeFlops
+from nlpkit.bench.variant import ShapeFlops
 from nlpkit.inference.loading import load_model
 from nlpkit.models.cls_only import compute_first_token_only
 from nlpkit.models.files import ModelShape

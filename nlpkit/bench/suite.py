@@ -2,7 +2,7 @@
 
 Variants: transformers' own pipeline (default batch size and 32) as the baseline, the
 engine on each backend, and the whole streaming path (send -> Kafka -> model ->
-SQLite -> commit). Each runs in a fresh process (:mod:`nlpkit.benchrun`) on the same
+SQLite -> commit). Each runs in a fresh process (:mod:`nlpkit.bench.variant`) on the same
 records. Figures are relative where the machine is noisy: throughput as a ratio to the
 faster pipeline setting, compute as a fraction of the fp32 matrix-multiply rate this
 machine reaches right now, answers as agreement with the fp32 engine.
@@ -82,7 +82,7 @@ def cut_texts(records: Sequence[Record], tokenizer: Any, max_length: int) -> lis
 
 def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, Any]]:
     """Every variant of ``plan``, then the rows compared; also returns facts about the run."""
-    from nlpkit.baselines import BASELINES
+    from nlpkit.bench.baselines import BASELINES
 
     records = [example.record for example in plan.examples]
     with tempfile.TemporaryDirectory(prefix="nlpkit-bench-") as scratch:
@@ -131,7 +131,7 @@ def _child(spec: dict[str, Any], scratch: Path, name: str, progress: Progress) -
     result_file.unlink(missing_ok=True)
     env = os.environ | {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        [sys.executable, "-m", "nlpkit.benchrun", str(spec_file), str(result_file)],
+        [sys.executable, "-m", "nlpkit.bench.variant", str(spec_file), str(result_file)],
         env=env,
         capture_output=True,
         text=True,

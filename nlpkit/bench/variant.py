@@ -1,8 +1,8 @@
-"""One benchmark variant in its own process: ``python -m nlpkit.benchrun SPEC.json RESULT.json``.
+"""One benchmark variant in its own process: ``python -m nlpkit.bench.variant SPEC.json RESULT.json``.
 
 Each variant (a transformers pipeline, the engine on one backend, the whole streaming
 path) gets a fresh process, so its peak RSS and model load time are its own and no
-variant warms caches for the next. The parent (:mod:`nlpkit.bench`) compares results.
+variant warms caches for the next. The parent (:mod:`nlpkit.bench.suite`) compares results.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class ShapeFlops:
 def _pipeline(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
     from transformers import pipeline
 
-    from nlpkit.baselines import BASELINES
+    from nlpkit.bench.baselines import BASELINES
 
     baseline = BASELINES[spec["task"]]
     kwargs = {"batch_size": spec["pipeline_batch_size"]} if spec["pipeline_batch_size"] else {}
