@@ -207,15 +207,32 @@ def test_predict_multilabel_threshold_and_top_k(nlpkit, task_models):
     assert len(output["labels"]) == 2 and set(output["scores"]) == {"joy", "anger", "fear"}
 
 
-def test_the_command_line_starts_without_loading_torch():
+def test_the_command_line_starts_without_loading_torch_or_any_driver():
     """Commands that do not run a model (help, plugins, status, db...) must answer at once;
-    importing torch and transformers alone takes seconds."""
-    import subprocess
-    import sys
-
+    importing torch and transformers alone takes seconds, and --help needs no Kafka client,
+    database driver or SQLAlchemy."""
+    heavy = {"torch", "transformers", "confluent_kafka", "psycopg", "sqlalchemy"}
     code = (
-        "import sys; from nlpkit.cli import build_cli; build_cli(); "
-        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+        "import sys; from nlpkit.cli import build_cli\n"
+        "try:\n    build_cli()(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted({heavy!r} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert "Commands:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["db", "upgrade"], ["models", "list"], ["runs", "list"], ["config", "--json"]],
+    ids=lambda words: " ".join(words),
+)
+def test_the_database_url_can_follow_the_command_as_well_as_precede_it(nlpkit, tmp_path, command):
+    url = f"sqlite:///{tmp_path / 'after.db'}"
+    nlpkit("--database-url", url, "db", "upgrade")
+    result = nlpkit(*command, "--database-url", url)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "after.db").is_file()
+    if command[0] == "config":
+        shown = {row["name"]: row for row in json.loads(result.stdout)}
+        assert shown["database_url"]["value"] == url and shown["database_url"]["source"] == "flag"

@@ -14,11 +14,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import psutil
 
 from nlpkit.localservices.errors import ServiceError
+
+Service = TypeVar("Service", bound="LocalService")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class ServiceStatus:
 
 
 class LocalService(Protocol):
-    """What KafkaBroker and PostgresServer have in common for stopping and reporting."""
+    """What KafkaBroker and PostgresServer have in common for starting, stopping and reporting."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None: ...
 
     @property
     def pid(self) -> int | None: ...
@@ -40,9 +44,24 @@ class LocalService(Protocol):
     @classmethod
     def attach(cls, data_dir: Path) -> LocalService: ...
 
+    def start(self, timeout: float) -> LocalService: ...
+
+    def wait_ready(self, timeout: float) -> None: ...
+
     def stop(self) -> None: ...
 
     def status(self) -> ServiceStatus: ...
+
+
+def start_local_service(service: type[Service], data_dir: Path, port: int, timeout: float) -> Service:
+    """The developer's service in ``data_dir``: the one already running there once it answers (it
+    may have been started a moment ago by another process), else a new one on ``port``."""
+    try:
+        running = service.attach(data_dir)
+    except ServiceError:
+        return service(data_dir, port=port).start(timeout)
+    running.wait_ready(timeout)
+    return running
 
 
 def stop_service(service: type[LocalService], data_dir: Path) -> int | None:

@@ -15,19 +15,9 @@ from rich.console import Console
 
 from nlpkit.localservices import ServiceStatus
 from nlpkit.localservices.errors import ServiceError
-from nlpkit.localservices.kafka import (
-    KAFKA_VERSION,
-    ensure_kafka_jars,
-    local_broker_status,
-    start_local_broker,
-    stop_local_broker,
-)
-from nlpkit.localservices.postgres import (
-    ensure_postgres_installed,
-    local_postgres_status,
-    start_local_postgres,
-    stop_local_postgres,
-)
+
+# The services' modules import the Kafka client and the PostgreSQL driver: each command imports
+# what it needs, so that `nlpkit --help` loads neither.
 
 # Exit status of `status` when the service is not running (the same convention as pg_ctl status).
 NOT_RUNNING = 3
@@ -74,6 +64,9 @@ def services() -> None:
 @services.command("install")
 def install() -> None:
     """Fetch the Kafka broker's jars and install PostgreSQL if missing (cached; safe to repeat)."""
+    from nlpkit.localservices.kafka import KAFKA_VERSION, ensure_kafka_jars
+    from nlpkit.localservices.postgres import ensure_postgres_installed
+
     with _one_line_errors():
         with _console.status(f"Fetching Apache Kafka {KAFKA_VERSION} jars (first run only)..."):
             libs = ensure_kafka_jars()
@@ -93,6 +86,8 @@ def kafka() -> None:
 @click.option("--port", type=int, default=9092, show_default=True, help="Broker port on 127.0.0.1.")
 def kafka_start(data_dir: Path | None, port: int) -> None:
     """Start the broker (or find the one already running) and print its address."""
+    from nlpkit.localservices.kafka import KAFKA_VERSION, ensure_kafka_jars, start_local_broker
+
     with _one_line_errors():
         with _console.status(f"Fetching Apache Kafka {KAFKA_VERSION} jars (first run only)..."):
             ensure_kafka_jars()
@@ -106,6 +101,8 @@ def kafka_start(data_dir: Path | None, port: int) -> None:
 @_data_dir_option
 def kafka_stop(data_dir: Path | None) -> None:
     """Stop the broker (controlled shutdown; killed after 20 s)."""
+    from nlpkit.localservices.kafka import stop_local_broker
+
     with _one_line_errors():
         _report_stop("Kafka broker", stop_local_broker(data_dir), data_dir)
 
@@ -114,6 +111,8 @@ def kafka_stop(data_dir: Path | None) -> None:
 @_data_dir_option
 def kafka_status(data_dir: Path | None) -> None:
     """Say whether the broker runs; exit status 3 when it does not."""
+    from nlpkit.localservices.kafka import local_broker_status
+
     with _one_line_errors():
         _report_status("Kafka broker", local_broker_status(data_dir))
 
@@ -128,6 +127,8 @@ def postgres() -> None:
 @click.option("--port", type=int, default=5433, show_default=True, help="Server port on 127.0.0.1.")
 def postgres_start(data_dir: Path | None, port: int) -> None:
     """Start the server (or find the one already running) and print its database URL."""
+    from nlpkit.localservices.postgres import ensure_postgres_installed, start_local_postgres
+
     with _one_line_errors():
         with _console.status("Looking for PostgreSQL (installing it with apt-get if missing)..."):
             ensure_postgres_installed()
@@ -141,6 +142,8 @@ def postgres_start(data_dir: Path | None, port: int) -> None:
 @_data_dir_option
 def postgres_stop(data_dir: Path | None) -> None:
     """Stop the server (fast shutdown)."""
+    from nlpkit.localservices.postgres import stop_local_postgres
+
     with _one_line_errors():
         _report_stop("PostgreSQL server", stop_local_postgres(data_dir), data_dir)
 
@@ -149,5 +152,7 @@ def postgres_stop(data_dir: Path | None) -> None:
 @_data_dir_option
 def postgres_status(data_dir: Path | None) -> None:
     """Say whether the server runs; exit status 3 when it does not."""
+    from nlpkit.localservices.postgres import local_postgres_status
+
     with _one_line_errors():
         _report_status("PostgreSQL server", local_postgres_status(data_dir))

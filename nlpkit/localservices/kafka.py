@@ -47,6 +47,7 @@ from nlpkit.localservices import (
     process_alive,
     read_state,
     service_status,
+    start_local_service,
     stop_service,
     wait_for_exit,
     write_state,
@@ -432,14 +433,7 @@ def _default_data_dir() -> Path:
 
 def start_local_broker(data_dir: Path | None = None, port: int = 9092, timeout: float = 90) -> KafkaBroker:
     """The developer's broker: persistent data dir, fixed port; reuses one already running there."""
-    data_dir = Path(data_dir or _default_data_dir())
-    try:
-        broker = KafkaBroker.attach(data_dir)
-    except ServiceError:
-        broker = KafkaBroker(data_dir, port=port)
-        return broker.start(timeout)
-    broker.wait_ready(timeout)
-    return broker
+    return start_local_service(KafkaBroker, Path(data_dir or _default_data_dir()), port, timeout)
 
 
 def stop_local_broker(data_dir: Path | None = None) -> int | None:

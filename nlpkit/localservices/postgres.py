@@ -21,6 +21,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -34,6 +35,7 @@ from nlpkit.localservices import (
     process_alive,
     read_state,
     service_status,
+    start_local_service,
     stop_service,
     wait_for_exit,
     write_state,
@@ -224,6 +226,24 @@ class PostgresServer:
         self._ensure_database(PG_DATABASE)
         return self
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the server accepts a connection (one another process started may still be
+        starting up); the log tail if it exits or does not answer in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._admin_connection().close()
+                return
+            except psycopg.OperationalError as exc:
+                if not self.is_running():
+                    raise ServiceError(f"PostgreSQL exited; see {self.log_file}", log_tail(self.log_file)) from exc
+                if time.monotonic() >= deadline:
+                    raise ServiceError(
+                        f"PostgreSQL did not accept connections within {timeout:.0f} s; see {self.log_file}",
+                        log_tail(self.log_file),
+                    ) from exc
+                time.sleep(0.25)
+
     def stop(self, timeout: float = 20) -> None:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint); immediate (SIGQUIT) after ``timeout``."""
         pid = self.pid
@@ -368,11 +388,7 @@ def _default_data_dir() -> Path:
 
 def start_local_postgres(data_dir: Path | None = None, port: int = 5433, timeout: float = 60) -> PostgresServer:
     """The developer's server: persistent data dir, fixed port; reuses one already running there."""
-    data_dir = Path(data_dir or _default_data_dir())
-    try:
-        return PostgresServer.attach(data_dir)
-    except ServiceError:
-        return PostgresServer(data_dir, port=port).start(timeout)
+    return start_local_service(PostgresServer, Path(data_dir or _default_data_dir()), port, timeout)
 
 
 def stop_local_postgres(data_dir: Path | None = None) -> int | None:

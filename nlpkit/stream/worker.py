@@ -37,7 +37,7 @@ from nlpkit.inference import Engine
 from nlpkit.store import Database
 from nlpkit.stream.kafka_clients import client_config, cluster_metadata, new_client
 from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES
-from nlpkit.stream.monitoring import WorkerMetrics
+from nlpkit.stream.monitoring import STATS_INTERVAL_MS, WorkerMetrics
 from nlpkit.stream.processing import BatchProcessor, ProcessedBatch
 from nlpkit.stream.sinks.database import DatabaseSink, StoppedDuringOutage
 from nlpkit.stream.sinks.dead_letter_topic import DeadLetterTopic
@@ -128,6 +128,10 @@ class Worker:
         self._last_poll = time.monotonic()
         poll_interval_ms = float(config.consumer_config.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS))
         self._keep_alive_every = poll_interval_ms / 1000 / 4
+        if metrics is not None:
+            # librdkafka's statistics (lag, broker state: what /healthz reports) arrive only with a
+            # poll; during a long batch, poll often enough that they never go stale.
+            self._keep_alive_every = min(self._keep_alive_every, STATS_INTERVAL_MS / 1000)
         self._assigned: set[tuple[str, int]] = set()
         # The offset last committed per partition, so an idle worker does not commit the same one every poll.
         self._committed: dict[tuple[str, int], int] = {}

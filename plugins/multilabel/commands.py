@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nlpkit.clibase import CliState, pass_state
+from nlpkit.cli.common import CliState, pass_state
 
 
 @click.command("tune-thresholds")

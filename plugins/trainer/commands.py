@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nlpkit.clibase import CliState, layer_list, pass_state
+from nlpkit.cli.common import CliState, layer_list, pass_state
 
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 positive = click.IntRange(min=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from nlpkit.clibase import CliState, pass_state
+from nlpkit.cli.common import CliState, pass_state
 
 
 @click.group()

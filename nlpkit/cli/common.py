@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ BACKEND_OPTION: dict[str, Any] = {
 
 @dataclass
 class CliState:
-    database_url: str | None
-    debug: bool
+    database_url: str | None = None
+    debug: bool = False
 
     def database(self, check: bool = True) -> Any:
         """The configured database; with ``check``, refuse one that needs ``nlpkit db upgrade``."""
@@ -69,7 +70,28 @@ def _debugging(ctx: click.Context) -> bool:
     return bool(state and state.debug) or os.environ.get("NLPKIT_DEBUG") == "1"
 
 
-pass_state = click.make_pass_decorator(CliState)
+_pass_state_object = click.make_pass_decorator(CliState)
+
+
+def _remember_database_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(CliState).database_url = value
+
+
+# ``--database-url`` on a command itself, so the URL can follow the command as every other option
+# does (``nlpkit db upgrade --database-url URL``) as well as precede it (``nlpkit --database-url URL
+# db upgrade``). Every command that takes the CliState (see pass_state) has it.
+DATABASE_URL_OPTION: dict[str, Any] = {
+    "metavar": "URL",
+    "expose_value": False,
+    "callback": _remember_database_url,
+    "help": "SQLAlchemy database URL [env NLPKIT_DATABASE_URL].",
+}
+
+
+def pass_state(function: Any) -> Any:
+    """Hands a command the :class:`CliState`, and gives it ``--database-url`` of its own."""
+    return click.option("--database-url", **DATABASE_URL_OPTION)(_pass_state_object(function))
 
 
 def bootstrap_option(function: Any) -> Any:
@@ -125,3 +147,18 @@ class MomentParam(click.ParamType):
 
 
 MOMENT = MomentParam()
+
+
+def options_by_task(tasks: Sequence[str], items: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``-o [TASK.]NAME=VALUE`` settings per task; a bare NAME goes to every task that has it."""
+    from nlpkit.plugins import get_task_class
+
+    options: dict[str, dict[str, str]] = {task: {} for task in tasks}
+    for target, value in items.items():
+        task, _, name = target.rpartition(".")
+        chosen = [task] if task else [t for t in tasks if name in {o.name for o in get_task_class(t).options}]
+        if not chosen or (task and task not in tasks):
+            raise click.BadParameter(f"no task here has an option '{target}'", param_hint="-o")
+        for each in chosen:
+            options[each][name] = value
+    return options

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import settings
-from nlpkit.clibase import MOMENT, CliState, NlpkitGroup, bootstrap_option, one_line, pass_state
+from nlpkit.cli.common import MOMENT, CliState, NlpkitGroup, bootstrap_option, one_line, pass_state
 from nlpkit.errors import NlpkitError
 
 stderr = Console(stderr=True)

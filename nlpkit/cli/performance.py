@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import settings
-from nlpkit.clibase import CliState, bootstrap_option, pass_state
+from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.backends import BACKENDS
 
@@ -69,6 +69,25 @@ def quantize(
         raise NlpkitError("the int8 model did not reach the minimum agreement; use --backend onnx")
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """Everything ``nlpkit bench`` is asked besides the task, model, data and backends: one typed
+    field per option, so the command reads ``options.repeat`` rather than ``options.repeat``."""
+
+    limit: int | None
+    max_length: int | None
+    calibration_data: Path | None
+    batch_size: int
+    max_batch_tokens: int | None
+    threads: int | None
+    no_pipeline: bool
+    no_stream: bool
+    bootstrap_servers: str | None
+    repeat: int
+    seed: int
+    as_json: bool
+
+
 @click.command()
 @click.argument("task_name", metavar="TASK")
 @click.option("--model", required=True, metavar="REF", help="Model directory or registered name.")
@@ -99,7 +118,7 @@ def quantize(
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON objects, one per line.")
 @pass_state
-def bench(state: CliState, task_name: str, model: str, data: Path, backends: tuple[str, ...], **options: Any) -> None:
+def bench(state: CliState, task_name: str, model: str, data: Path, backends: tuple[str, ...], **given: Any) -> None:
     """Time the transformers pipeline, the engine on each backend and the streaming path, side by side."""
     from contextlib import ExitStack
 
@@ -109,23 +128,24 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     from nlpkit.plugins import get_task_class
     from nlpkit.system.threads import configure_threads
 
+    options = BenchOptions(**given)
     task_class = get_task_class(task_name)
     registry = ModelRegistry(state.database(check=False))
     _name, path = resolve_model_path(model, registry.path)
-    threads = configure_threads(options["threads"])
-    examples = benchmark.sample_examples(task_class.read_examples(data), options["limit"], options["seed"])
-    if options["max_length"]:
+    threads = configure_threads(options.threads)
+    examples = benchmark.sample_examples(task_class.read_examples(data), options.limit, options.seed)
+    if options.max_length:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-        cut = benchmark.cut_texts([e.record for e in examples], tokenizer, options["max_length"])
+        cut = benchmark.cut_texts([e.record for e in examples], tokenizer, options.max_length)
         examples = [type(e)(record, e.target, e.source) for e, record in zip(examples, cut, strict=True)]
     chosen = list(backends or BACKENDS)
     if "int8" in chosen:
-        _ensure_int8(task_name, model, registry, options["calibration_data"] or data, options["seed"])
+        _ensure_int8(task_name, model, registry, options.calibration_data or data, options.seed)
     with ExitStack() as stack:
-        servers = options["bootstrap_servers"]
-        if not options["no_stream"] and servers is None:
+        servers = options.bootstrap_servers
+        if not options.no_stream and servers is None:
             servers = _local_broker(stack)
         plan = benchmark.BenchPlan(
             task=task_name,
@@ -134,17 +154,17 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
             examples=examples,
             backends=chosen,
             threads=threads,
-            pipelines=not options["no_pipeline"],
-            stream=not options["no_stream"],
+            pipelines=not options.no_pipeline,
+            stream=not options.no_stream,
             bootstrap_servers=servers,
-            max_length=options["max_length"],
-            batch_size=options["batch_size"],
-            max_batch_tokens=options["max_batch_tokens"],
-            repeat=options["repeat"],
+            max_length=options.max_length,
+            batch_size=options.batch_size,
+            max_batch_tokens=options.max_batch_tokens,
+            repeat=options.repeat,
         )
         with stderr.status("benchmarking") as status:
             rows, facts = benchmark.run(plan, status.update)
-    if options["as_json"]:
+    if options.as_json:
         for row in rows:
             click.echo(json.dumps(asdict(row)))
         return
@@ -221,4 +241,4 @@ def _caption(facts: dict[str, Any]) -> str:
     )
 
 
-COMMANDS = [bench]
+COMMANDS = (bench,)

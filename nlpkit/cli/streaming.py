@@ -1,0 +1,214 @@
+"""Kafka from the command line: ``nlpkit consume``, ``nlpkit send`` and ``nlpkit topics``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from nlpkit import settings
+from nlpkit.cli.common import (
+    BACKEND_OPTION,
+    CliState,
+    NlpkitGroup,
+    bootstrap_option,
+    key_values,
+    options_by_task,
+    pass_state,
+)
+
+stderr = Console(stderr=True)
+
+
+@click.command()
+@click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    required=True,
+    help="Task to run (repeatable; a message's 'task' field picks one, default the first).",
+)
+@click.option("--group", help="Consumer group [nlpkit-TASK].")
+@bootstrap_option
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="[TASK=]REF",
+    help="Model for a task (TASK=REF with several tasks) [newest registered].",
+)
+@click.option("--backend", **BACKEND_OPTION)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=512, show_default=True, help="Most messages per poll and transaction.")
+@click.option("--max-messages", type=int, help="Stop after this many messages.")
+@click.option(
+    "--max-message-bytes", type=int, default=100_000, show_default=True, help="Larger messages become dead letters."
+)
+@click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
+@click.option(
+    "--tombstones",
+    type=click.Choice(["skip", "dead-letter"]),
+    default="skip",
+    show_default=True,
+    help="A null value (tombstone): recorded, counted and skipped, or kept as a dead letter.",
+)
+@click.option(
+    "-o",
+    "--option",
+    "task_options",
+    multiple=True,
+    metavar="[TASK.]NAME=VALUE",
+    callback=key_values,
+    help="A task setting, e.g. -o aggregation=first or -o qa.top_k=3 (repeatable).",
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz on this port.")
+@click.option("--metrics-host", help="Address for the metrics server [env NLPKIT_METRICS_HOST, 127.0.0.1].")
+@click.option(
+    "-X",
+    "consumer_settings",
+    multiple=True,
+    callback=key_values,
+    metavar="KEY=VALUE",
+    help="librdkafka consumer setting, passed through (repeatable).",
+)
+@pass_state
+def consume(
+    state: CliState,
+    topics: tuple[str, ...],
+    tasks: tuple[str, ...],
+    group: str | None,
+    bootstrap_servers: str | None,
+    models: tuple[str, ...],
+    backend: str,
+    device: str,
+    batch_size: int,
+    max_messages: int | None,
+    max_message_bytes: int,
+    dead_letter_topic: str | None,
+    tombstones: str,
+    task_options: dict[str, str],
+    metrics_port: int | None,
+    metrics_host: str | None,
+    consumer_settings: dict[str, str],
+) -> None:
+    """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
+    from nlpkit.inference.engine import Engine
+    from nlpkit.pipelines import ModelRegistry, load_task
+    from nlpkit.plugins import load_plugins
+    from nlpkit.stream.service import serve
+    from nlpkit.stream.worker import WorkerConfig
+    from nlpkit.system.threads import configure_threads
+
+    database = state.database()
+    registry = ModelRegistry(database)
+    model_refs = _models_by_task(tasks, models)
+    options = options_by_task(tasks, task_options)
+    configure_threads()
+    engines = {
+        task: Engine(
+            load_task(task, model_refs.get(task), backend=backend, device=device, registry=registry, **options[task])
+        )
+        for task in tasks
+    }
+    config = WorkerConfig(
+        topics=topics,
+        group=group or f"nlpkit-{tasks[0]}",
+        bootstrap_servers=settings.get("bootstrap_servers", bootstrap_servers),
+        batch_size=batch_size,
+        max_messages=max_messages,
+        max_message_bytes=max_message_bytes,
+        dead_letter_topic=dead_letter_topic,
+        tombstones=tombstones,
+        consumer_config=consumer_settings,
+    )
+    stats = serve(
+        config,
+        engines,
+        database,
+        hook=load_plugins().hook,
+        metrics_host=settings.get("metrics_host", metrics_host),
+        metrics_port=metrics_port,
+    )
+    stderr.print(
+        f"consumed {stats.messages} messages: {stats.predictions} predictions, "
+        f"{stats.dead_letters} dead letters, {stats.tombstones} tombstones skipped, {stats.batches} transactions"
+    )
+
+
+def _models_by_task(tasks: tuple[str, ...], models: tuple[str, ...]) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for item in models:
+        task, sep, ref = item.partition("=")
+        if sep and task in tasks:
+            refs[task] = ref
+        elif len(tasks) == 1:
+            refs[tasks[0]] = item
+        else:
+            raise click.BadParameter(f"with several tasks, write --model TASK=REF (got '{item}')")
+    return refs
+
+
+@click.command()
+@click.option("--topic", required=True, help="Topic to send to.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@bootstrap_option
+@click.option("--text-column", help="Column holding the text [text, sentence or review].")
+@click.option("--key-field", default="id", show_default=True, help="Field used as the message key, if present.")
+@click.option("--sample", type=int, help="Send a random sample of this many rows.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --sample.")
+def send(
+    topic: str,
+    file: Path,
+    bootstrap_servers: str | None,
+    text_column: str | None,
+    key_field: str,
+    sample: int | None,
+    seed: int,
+) -> None:
+    """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages."""
+    from tqdm import tqdm
+
+    from nlpkit.stream.kafka_clients import file_messages, produce
+
+    messages = file_messages(file, text_column=text_column, key_field=key_field, sample=sample, seed=seed)
+    # disable=None: a bar on a terminal, none in logs and pipes.
+    with tqdm(total=len(messages), unit="msg", desc=f"sending to {topic}", disable=None) as bar:
+        sent = produce(settings.get("bootstrap_servers", bootstrap_servers), topic, messages, progress=bar.update)
+    stderr.print(f"sent {sent} messages to '{topic}'")
+
+
+@click.group(cls=NlpkitGroup)
+def topics() -> None:
+    """Create and list Kafka topics."""
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--replication-factor", default=1, show_default=True, type=click.IntRange(min=1))
+@bootstrap_option
+def topics_create(name: str, partitions: int, replication_factor: int, bootstrap_servers: str | None) -> None:
+    """Create a topic (does nothing if it exists)."""
+    from nlpkit.stream.kafka_clients import create_topic
+
+    created = create_topic(settings.get("bootstrap_servers", bootstrap_servers), name, partitions, replication_factor)
+    stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
+
+
+@topics.command("list")
+@bootstrap_option
+def topics_list(bootstrap_servers: str | None) -> None:
+    """List topics and their partition counts."""
+    from nlpkit.stream.kafka_clients import list_topics
+
+    for name, partitions in list_topics(settings.get("bootstrap_servers", bootstrap_servers)).items():
+        click.echo(f"{name}\t{partitions}")
+
+
+COMMANDS = (
+    consume,
+    send,
+    topics,
+)

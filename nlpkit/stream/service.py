@@ -1,0 +1,53 @@
+"""A worker as a long-running service: its log lines, its signals, its metrics and health server.
+
+``nlpkit consume`` is this plus argument parsing: what a container or a terminal needs around
+:class:`nlpkit.stream.worker.Worker` lives here rather than in the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from nlpkit.inference import Engine
+from nlpkit.store import Database
+from nlpkit.stream.monitoring import MonitoringServer, WorkerMetrics
+from nlpkit.stream.worker import Worker, WorkerConfig, WorkerStats
+
+
+def serve(
+    config: WorkerConfig,
+    engines: Mapping[str, Engine],
+    database: Database,
+    *,
+    hook: Any = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+) -> WorkerStats:
+    """Run a worker until SIGTERM/SIGINT (or ``config.max_messages``), reporting as it goes.
+
+    Progress lines go to the ``nlpkit`` logger at INFO; librdkafka's own lines only once the
+    broker has answered (before that, a failure to connect is reported as one clear error).
+    With ``metrics_port``, ``/metrics`` and ``/healthz`` are served for as long as it runs.
+    """
+    metrics = WorkerMetrics() if metrics_port is not None else None
+    worker = Worker(config, engines, database, hook=hook, metrics=metrics)
+    logging.getLogger("nlpkit").setLevel(logging.INFO)
+    client_log = logging.getLogger("nlpkit.kafka")
+    client_log.setLevel(logging.WARNING)
+    client_log.addFilter(lambda _record: worker.connected)
+    worker.handle_signals()
+    server = None
+    if metrics is not None:
+        checks = {
+            "model_loaded": lambda: bool(engines),
+            "database": database.reachable,
+            "broker": metrics.broker_connected,
+        }
+        server = MonitoringServer(metrics, checks, metrics_host, metrics_port).start()
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()
