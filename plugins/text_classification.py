@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nlpkit.tasks.base import EncodedExample, Example, TaskModel, Window
+from nlpkit import EncodedExample, Example, TaskModel, Window
 
 
 def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[Window]]:

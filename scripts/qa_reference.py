@@ -1,7 +1,7 @@
 """Record transformers 4.57's question-answering pipeline outputs as a test fixture.
 
 transformers 5 removed the extractive question-answering pipeline; nlpkit's ``qa`` task
-keeps its behaviour, and tests/test_qa.py checks that against this fixture. This script:
+keeps its behaviour, and tests/plugins/test_qa.py checks that against this fixture. This script:
 
 1. builds the tiny random QA model the test builds (same seed: nlpkit.testing draws the
    weights from NumPy's frozen legacy generator, so they are the same everywhere);

@@ -45,7 +45,7 @@ command -v java >/dev/null 2>&1 || fail "java is missing: install a JDK 17 or ne
 command -v mvn >/dev/null 2>&1 || fail "mvn is missing: install Maven (Debian: apt-get install maven)"
 .venv/bin/nlpkit services install
 
-# --- The Kubernetes manifests' validators (tests/test_deploy.py) -----------------------------------------
+# --- The Kubernetes manifests' validators (tests/integration/test_deploy.py) -----------------------------------------
 # kustomize renders deploy/ as `kubectl apply -k` would; KEDA's CRDs are the schema of its ScaledObject and
 # TriggerAuthentication, and its Kafka scaler's source names the trigger's parameters. Both come through
 # the go command from the Go module proxy, at the versions deploy/tools.env names, into nlpkit's cache.

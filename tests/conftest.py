@@ -6,6 +6,7 @@ The Kafka broker and a migrated SQLite database come from ``nlpkit.pytest_plugin
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,12 @@ SENTIMENT_LABELS = ["negative", "positive"]
 def sentiment_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random sentiment model (max 64 positions, so long inputs are cheap to test)."""
     return save_tiny_distilbert(tmp_path_factory.mktemp("models") / "tiny-sentiment", labels=SENTIMENT_LABELS)
+
+
+@pytest.fixture
+def sentiment_copy(tmp_path: Path, sentiment_model_dir: Path) -> Path:
+    """A private copy of the tiny sentiment model: the ONNX backends write their files beside it."""
+    return Path(shutil.copytree(sentiment_model_dir, tmp_path / "model"))
 
 
 @pytest.fixture

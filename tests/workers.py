@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from nlpkit.store import Database, migrated_database
 
@@ -69,3 +71,24 @@ def stop(process: subprocess.Popen) -> str:
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     return output
+
+
+def good_message(index: int) -> tuple[bytes, bytes]:
+    if index % 3 == 0:  # plain text, id from the key
+        return f"good-{index}".encode(), f"plain review number {index}, quite good".encode()
+    return f"k{index}".encode(), json.dumps({"id": f"good-{index}", "text": f"review {index}: a fine film"}).encode()
+
+
+def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int], list[int]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+        return [tp.offset for tp in committed], ends
+    finally:
+        consumer.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    committed, ends = committed_and_end(bootstrap, group, topic, partitions)
+    return committed == ends

@@ -12,7 +12,6 @@ import sys
 
 import click
 
-from nlpkit import __version__
 from nlpkit.cli import about, db, models, operations, performance, predict, streaming
 from nlpkit.cli.common import CliState, NlpkitGroup
 from nlpkit.errors import NlpkitError
@@ -21,7 +20,7 @@ from nlpkit.system.files import forbid_shared_write
 
 
 @click.group(cls=NlpkitGroup)
-@click.version_option(__version__, prog_name="nlpkit")
+@click.version_option(package_name="nlpkit", prog_name="nlpkit")
 @click.option("--database-url", metavar="URL", help="SQLAlchemy database URL [env NLPKIT_DATABASE_URL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nlpkit.cli.common import CliState, pass_state
+from nlpkit import CliState, pass_state
 
 
 @click.command("tune-thresholds")
@@ -21,9 +21,7 @@ def tune_thresholds(state: CliState, model: str, data: Path) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from nlpkit.inference.engine import Engine
-    from nlpkit.models.files import write_metadata
-    from nlpkit.pipelines import ModelRegistry, load_task
+    from nlpkit import Engine, ModelRegistry, load_task, write_metadata
     from nlpkit_plugins.multilabel.task import MultilabelTask
     from nlpkit_plugins.multilabel.thresholds import tune_thresholds as tune
 

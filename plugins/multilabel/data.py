@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from nlpkit.errors import DataFormatError
-from nlpkit.tasks.base import Example, Record
-from nlpkit.tasks.readers import TEXT_COLUMNS, read_rows, text_field
+from nlpkit import TEXT_COLUMNS, DataFormatError, Example, Record, read_rows, text_field
 
 # GoEmotions ships its label names one per line in emotions.txt, beside the TSVs.
 LABEL_FILES = ("emotions.txt", "labels.txt")

@@ -8,9 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit.errors import DataFormatError, NlpkitError
-from nlpkit.tasks import metrics
-from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
+from nlpkit import (
+    DataFormatError,
+    EncodedExample,
+    Example,
+    NlpkitError,
+    Prediction,
+    Record,
+    Task,
+    TaskOption,
+    Window,
+    metrics,
+)
 from nlpkit_plugins.multilabel.data import read_multilabel_examples
 from nlpkit_plugins.text_classification import encode_labelled_texts, truncated_windows
 

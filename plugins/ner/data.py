@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from nlpkit.errors import DataFormatError
-from nlpkit.tasks.base import Example, Record
-from nlpkit.tasks.readers import read_rows
+from nlpkit import DataFormatError, Example, Record, read_rows
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 

@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit.errors import NlpkitError
-from nlpkit.tasks import metrics, softmax
-from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
+from nlpkit import EncodedExample, Example, NlpkitError, Prediction, Record, Task, TaskOption, Window, metrics, softmax
 from nlpkit_plugins.ner.aggregation import STRATEGIES, Token, mark_cuts, merge_windows, window_entities
 from nlpkit_plugins.ner.data import read_ner_examples
 

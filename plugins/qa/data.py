@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nlpkit.errors import DataFormatError
-from nlpkit.tasks.base import Example, Record
-from nlpkit.tasks.readers import read_rows
+from nlpkit import DataFormatError, Example, Record, read_rows
 
 
 def read_qa_examples(path: Path) -> list[Example]:

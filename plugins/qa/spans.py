@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nlpkit.tasks import softmax
+from nlpkit import softmax
 
 MASKED_LOGIT = -10000.0
 NO_ANSWER_START = 1_000_000.0  # larger than any probability: "no window has offered a null score yet"

@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit.errors import NlpkitError
-from nlpkit.tasks import metrics
-from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, TaskOption, Window
+from nlpkit import EncodedExample, Example, NlpkitError, Prediction, Record, Task, TaskOption, Window, metrics
 from nlpkit_plugins.qa.data import read_qa_examples
 from nlpkit_plugins.qa.spans import NO_ANSWER_START, Answer, add_answer, best_spans, ranked, window_probabilities
 

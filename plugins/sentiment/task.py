@@ -8,10 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from nlpkit.errors import DataFormatError
-from nlpkit.tasks import metrics, softmax
-from nlpkit.tasks.base import EncodedExample, Example, Prediction, Record, Task, Window
-from nlpkit.tasks.readers import read_rows, text_field
+from nlpkit import (
+    DataFormatError,
+    EncodedExample,
+    Example,
+    Prediction,
+    Record,
+    Task,
+    Window,
+    metrics,
+    read_rows,
+    softmax,
+    text_field,
+)
 from nlpkit_plugins.text_classification import encode_labelled_texts, truncated_windows
 
 # SST-2 and IMDb both write 0 for negative and 1 for positive.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from nlpkit.cli.common import CliState, pass_state
+from nlpkit import CliState, pass_state
 
 
 @click.group()
@@ -31,7 +31,7 @@ def build_model_command(state: CliState, dest: Path, epochs: int, seed: int, nam
     It learns English, French, German and Spanish in seconds on a CPU, with
     nothing downloaded. Use it with `nlpkit predict langid --model DEST TEXT`.
     """
-    from nlpkit.models.files import model_revision
+    from nlpkit import model_revision
 
     from nlpkit_langid.build import build_model
 

@@ -4,7 +4,7 @@ What a task plugin provides, and no more: which fields it reads, which transform
 head its model has, how texts become windows of token ids, and how the model's logits
 become an answer. nlpkit's engine does the batching and the worker does Kafka and the
 database, so this task works with ``nlpkit predict``, ``nlpkit consume`` and
-``nlpkit.pipelines.pipeline`` alike.
+``nlpkit.pipeline`` alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from nlpkit.tasks.base import Prediction, Record, Task, Window
+from nlpkit import Prediction, Record, Task, Window, softmax
 
 
 class LanguageIdTask(Task):
@@ -36,9 +36,7 @@ class LanguageIdTask(Task):
     def postprocess(
         self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray]]
     ) -> Prediction:
-        logits = outputs[0]["logits"]
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
+        probabilities = softmax(outputs[0]["logits"])
         scores = {self.model.id2label[index]: float(p) for index, p in enumerate(probabilities)}
         language = max(scores, key=scores.__getitem__)
         output = {"language": language, "score": scores[language], "scores": scores}

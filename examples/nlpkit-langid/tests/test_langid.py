@@ -7,8 +7,7 @@ import os
 import subprocess
 import sys
 
-from nlpkit.models.files import read_metadata
-from nlpkit.plugins import get_task_class, plugin_infos
+from nlpkit import read_metadata
 from nlpkit.testing import run_through_worker
 
 from nlpkit_langid import LanguageIdTask
@@ -27,9 +26,11 @@ def nlpkit(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_installed_distribution_registers_the_task_and_its_commands():
-    assert get_task_class("langid") is LanguageIdTask
-    info = next(info for info in plugin_infos() if info.name == "langid")
-    assert (info.distribution, info.hooks) == ("nlpkit-langid", ("register_commands", "register_tasks"))
+    listed = json.loads(nlpkit("plugins", "--json").stdout)
+    info = next(info for info in listed if info["name"] == "langid")
+    assert (info["distribution"], info["hooks"]) == ("nlpkit-langid", ["register_commands", "register_tasks"])
+    shown = " ".join(nlpkit("predict", "langid", "--help").stdout.split())  # click wraps the help text
+    assert f"Predict {LanguageIdTask.description}" in shown
 
 
 def test_every_message_is_stored_with_its_language(langid_model, unseen):

@@ -9,9 +9,8 @@ import sys
 import uuid
 
 import pytest
-from nlpkit.store import DeadLetterRow, PredictionRow
-from nlpkit.stream.kafka_clients import create_topic, produce
-from sqlalchemy import select
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +19,14 @@ def test_a_worker_stores_the_language_of_every_message_and_dead_letters_the_rest
     kafka_broker, nlpkit_database, langid_model, unseen
 ):
     bootstrap, topic = kafka_broker.bootstrap_servers, f"texts-{uuid.uuid4().hex[:10]}"
-    create_topic(bootstrap, topic, partitions=2)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the result: its futures die with it
+    admin.create_topics([NewTopic(topic, 2)])[topic].result(timeout=30)
     messages = [(f"text-{n}".encode(), json.dumps({"text": text}).encode()) for n, (_lang, text) in enumerate(unseen)]
     messages.append((b"broken", b'{"text": "unterminated'))
-    produce(bootstrap, topic, messages)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, value in messages:
+        producer.produce(topic, value, key)
+    assert producer.flush(30) == 0
 
     worker = subprocess.run(
         [
@@ -51,8 +54,21 @@ def test_a_worker_stores_the_language_of_every_message_and_dead_letters_the_rest
     )
 
     assert worker.returncode == 0, worker.stderr
-    with nlpkit_database.session() as session:
-        stored = dict(session.execute(select(PredictionRow.record_id, PredictionRow.label)).all())
-        dead = session.execute(select(DeadLetterRow.source_key, DeadLetterRow.reason)).all()
-    assert stored == {f"text-{n}": language for n, (language, _text) in enumerate(unseen)}
-    assert [(key, reason.split(":")[0]) for key, reason in dead] == [(b"broken", "invalid JSON")]
+    results = nlpkit_json_lines(nlpkit_database.url, "results", "--topic", topic)
+    dead = nlpkit_json_lines(nlpkit_database.url, "dead-letters", "list", "--topic", topic, "--json")
+    assert {row["record_id"]: row["label"] for row in results} == {
+        f"text-{n}": language for n, (language, _text) in enumerate(unseen)
+    }
+    assert [(row["key"], row["reason"].split(":")[0]) for row in dead] == [("broken", "invalid JSON")]
+
+
+def nlpkit_json_lines(database_url: str, *args: str) -> list[dict]:
+    """What an nlpkit command prints as JSON lines, read as an operator would."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nlpkit", *args, "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]

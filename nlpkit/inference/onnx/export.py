@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -32,15 +32,24 @@ from nlpkit.inference.onnx.runtime import (
 from nlpkit.models.cls_only import compute_first_token_only, reads_first_token_only
 from nlpkit.models.files import ModelShape
 
-if TYPE_CHECKING:
-    from nlpkit.inference.loading import LoadedModel
-
 log = logging.getLogger(__name__)
+
+
+class ExportSource(Protocol):
+    """What exporting reads of a loaded model (``nlpkit.inference.ExportSource`` has it all)."""
+
+    name: str
+    path: Path
+    revision: str
+    model_class: str  # the transformers head class the ONNX graph is traced from
+    config: dict[str, Any]
+    tokenizer: Any
+
 
 _OPSET = 17  # what ONNX Runtime's transformer fusions are written against
 
 
-def exported_model(loaded: LoadedModel) -> CachedGraph:
+def exported_model(loaded: ExportSource) -> CachedGraph:
     """The optimised fp32 ONNX file for ``loaded``, exporting it on first use."""
     if cached := cached_model(loaded.name, loaded.path, loaded.revision, "fp32"):
         return cached
@@ -75,7 +84,7 @@ class _TensorOutputs(torch.nn.Module):
         return tuple(output[name] for name in self.names)
 
 
-def export(loaded: LoadedModel, destination: Path) -> tuple[list[str], bool]:
+def export(loaded: ExportSource, destination: Path) -> tuple[list[str], bool]:
     """Export, then fuse with ONNX Runtime's transformer optimizer.
 
     Returns the output names, and whether the graph computes the last layer for the
@@ -117,12 +126,12 @@ def export(loaded: LoadedModel, destination: Path) -> tuple[list[str], bool]:
     return names, first_token_only
 
 
-def _dummy_inputs(loaded: LoadedModel, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _dummy_inputs(loaded: ExportSource, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((2, length), loaded.tokenizer.unk_token_id or 100, dtype=torch.long)
     return ids, torch.ones_like(ids)
 
 
-def _output_axes(model: torch.nn.Module, loaded: LoadedModel) -> tuple[list[str], dict[str, dict[int, str]]]:
+def _output_axes(model: torch.nn.Module, loaded: ExportSource) -> tuple[list[str], dict[str, dict[int, str]]]:
     """The tensor outputs and which of their axes follow the sequence length, found by running two lengths.
 
     A classification head's logits are (batch, labels) and a token head's (batch,

@@ -18,8 +18,8 @@ from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.qa import QaTask
 from nlpkit_plugins.qa.data import read_qa_examples, split_squad
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "qa_reference.json").read_text())
-SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json"
+FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "qa_reference.json").read_text())
+SQUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad" / "dev-v1.1.json"
 OPTION_NAMES = {"handle_impossible_answer": "allow_no_answer"}  # 4.57's name -> nlpkit's
 
 

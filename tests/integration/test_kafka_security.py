@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_cli_errors import error_line
+from terminal import error_line
 from workers import migrated
 
 from nlpkit.errors import NlpkitError

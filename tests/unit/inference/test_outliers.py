@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from reviews import sentences
 
 from nlpkit.inference.agreement import distance
 from nlpkit.inference.engine import Engine
@@ -18,7 +19,6 @@ from nlpkit.inference.onnx.export import exported_model
 from nlpkit.inference.onnx.quantize import quantize
 from nlpkit.pipelines import load_task
 from nlpkit.tasks.base import Record
-from tests.test_backends import sentences
 
 
 def test_outliers_are_the_few_channels_far_above_the_median() -> None:

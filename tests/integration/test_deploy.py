@@ -38,7 +38,7 @@ from nlpkit import settings
 from nlpkit.cli import build_cli
 from nlpkit.plugins import LOAD_PLUGINS_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SASL_COMPONENT = DEPLOY / "components" / "kafka-sasl"
 LOADER = DEPLOY / "models-loader.yaml"

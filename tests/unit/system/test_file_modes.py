@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_trainer import write_reviews
+from reviews import write_reviews
 
 from nlpkit.testing import save_tiny_bert
 

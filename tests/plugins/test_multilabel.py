@@ -24,7 +24,7 @@ from nlpkit_plugins.multilabel.data import read_multilabel_examples
 from nlpkit_plugins.multilabel.thresholds import tune_thresholds
 
 LABELS = ["admiration", "anger", "joy", "sadness"]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 TEXTS = ["what a wonderful day", "this is awful and sad", " ".join(["i love this film so much"] * 30)]
 
 

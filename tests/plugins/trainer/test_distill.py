@@ -179,7 +179,7 @@ def test_a_student_with_another_vocabulary_is_refused(tmp_path, database):
 
 
 def test_task_specific_distillation_keeps_the_teachers_accuracy(tmp_path, database):
-    from test_trainer import write_reviews
+    from reviews import write_reviews
 
     from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune
 
@@ -237,7 +237,7 @@ def test_teacher_outputs_computed_once_match_the_live_teachers(tmp_path, head, k
 
 
 def test_the_cosine_term_pulls_the_students_last_hidden_state_towards_the_teachers(tmp_path, database):
-    from test_trainer import write_reviews
+    from reviews import write_reviews
 
     teacher_path = save_tiny_distilbert(tmp_path / "teacher", labels=["negative", "positive"], n_layers=4, seed=3)
     train, dev = write_reviews(tmp_path / "train.jsonl", 300, seed=1), write_reviews(tmp_path / "dev.jsonl", 60, 2)

@@ -12,10 +12,9 @@ import signal
 
 import pluggy
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import func, select
-from workers import migrated, start_worker, stop, unique, wait_for
+from workers import caught_up, committed_and_end, good_message, migrated, start_worker, stop, unique, wait_for
 
 from nlpkit import hookimpl, hookspecs
 from nlpkit.inference.engine import Engine
@@ -43,12 +42,6 @@ MALFORMED = [
 ]
 
 
-def good_message(index: int) -> tuple[bytes, bytes]:
-    if index % 3 == 0:  # plain text, id from the key
-        return f"good-{index}".encode(), f"plain review number {index}, quite good".encode()
-    return f"k{index}".encode(), json.dumps({"id": f"good-{index}", "text": f"review {index}: a fine film"}).encode()
-
-
 def mixed_messages(total: int) -> tuple[list[tuple[bytes | None, bytes | None]], int]:
     """``total`` messages with every malformed kind spread through them; returns (messages, bad count)."""
     messages: list[tuple[bytes | None, bytes | None]] = []
@@ -61,16 +54,6 @@ def mixed_messages(total: int) -> tuple[list[tuple[bytes | None, bytes | None]],
         else:
             messages.append(good_message(index))
     return messages, bad
-
-
-def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int], list[int]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
-        return [tp.offset for tp in committed], ends
-    finally:
-        consumer.close()
 
 
 class Recorder:
@@ -90,11 +73,6 @@ def group_settled(bootstrap: str, group: str, members: int) -> bool:
     admin = AdminClient({"bootstrap.servers": bootstrap})  # its futures die with it: keep it until result()
     description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
     return len(description.members) == members and all(m.assignment.topic_partitions for m in description.members)
-
-
-def caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
-    committed, ends = committed_and_end(bootstrap, group, topic, partitions)
-    return committed == ends
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

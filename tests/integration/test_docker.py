@@ -33,7 +33,7 @@ from nlpkit.cli import build_cli
 from nlpkit.localservices.kafka import KAFKA_VERSION
 from nlpkit.plugins import LOAD_PLUGINS_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -407,5 +407,11 @@ def test_the_build_context_holds_what_the_image_copies_and_no_more() -> None:
         assert not dockerignored(source), f"the Dockerfile copies {source}, which .dockerignore leaves out"
     for example in ("nlpkit/cli/__init__.py", "plugins/sentiment/__init__.py", "migrations/env.py"):
         assert (ROOT / example).is_file() and not dockerignored(example)
-    for left_out in (".venv/bin/python", ".git/HEAD", "tests/test_docker.py", "nlpkit/__pycache__/cli.cpython-311.pyc"):
+    left_out_examples = (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/integration/test_docker.py",
+        "nlpkit/__pycache__/x.pyc",
+    )
+    for left_out in left_out_examples:
         assert dockerignored(left_out), left_out

@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from terminal import error_line
 
 from nlpkit.store import migrated_database
 from nlpkit.testing import save_tiny_distilbert
@@ -134,18 +135,6 @@ def run_nlpkit(setting: dict[str, str], arguments: list[str], **environment: str
         timeout=120,
         cwd=setting["tmp"],
     )
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    """The one line a person must read: for usage errors click adds its usage hint, nothing else."""
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if result.returncode == 2:  # click's usage error: "Usage: ...", "Try ... --help", then the error
-        lines = [line for line in lines if not line.startswith(("Usage:", "Try "))]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

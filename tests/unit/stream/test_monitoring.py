@@ -75,8 +75,7 @@ def test_a_running_worker_serves_metrics_and_health(kafka_broker, tmp_path, sent
     import signal
     import time
 
-    from test_stream import caught_up, good_message
-    from workers import migrated, start_worker, unique
+    from workers import caught_up, good_message, migrated, start_worker, unique
 
     from nlpkit.stream.kafka_clients import create_topic, produce
 

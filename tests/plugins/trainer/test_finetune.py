@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from reviews import write_reviews
 
 from nlpkit.cli import build_cli
 from nlpkit.errors import DataFormatError, NlpkitError
@@ -20,20 +20,6 @@ from nlpkit.testing import save_tiny_distilbert
 from nlpkit_plugins.sentiment import SentimentTask
 from nlpkit_plugins.trainer.batching import length_grouped_batches
 from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune
-
-POSITIVE = ["good", "great", "wonderful", "fun", "moving", "brilliant"]
-NEGATIVE = ["bad", "terrible", "awful", "dull", "boring", "weak"]
-
-
-def write_reviews(path: Path, count: int, seed: int) -> Path:
-    """Learnable data: the label is given away by which word list a review draws from."""
-    rng = random.Random(seed)
-    with path.open("w") as out:
-        for _ in range(count):
-            label = rng.randint(0, 1)
-            words = rng.choices(POSITIVE if label else NEGATIVE, k=rng.randint(1, 6))
-            out.write(json.dumps({"text": "the film was " + " and ".join(words), "label": label}) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -166,7 +166,7 @@ def test_word_tags_from_tokens_read_each_word_by_its_first_token():
     assert word_tags(words, tokens) == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
 
 
-CONLL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003" / "eng.testa"
+CONLL_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "conll2003" / "eng.testa"
 
 
 def assert_same_as_seqeval(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:

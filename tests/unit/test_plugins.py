@@ -14,7 +14,7 @@ import pytest
 
 from nlpkit.errors import UnknownTaskError
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "nlpkit-langid"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nlpkit-langid"
 
 
 def make_distribution(root: Path, name: str, module_source: str) -> None:

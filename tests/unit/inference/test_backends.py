@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reviews import sentences
 
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 from nlpkit.inference.agreement import agreement, decision, distance
@@ -22,21 +23,7 @@ from nlpkit.pipelines import load_task
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
-WORDS = "the film was great awful good bad movie staff food price hotel room boring fun".split()
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-
-
-def sentences(count: int, seed: int = 0) -> list[str]:
-    draw = random.Random(seed)
-    return [" ".join(draw.choices(WORDS, k=draw.randint(2, 40))) for _ in range(count)]
-
-
-@pytest.fixture
-def sentiment_copy(tmp_path: Path, sentiment_model_dir: Path) -> Path:
-    """A private copy: the ONNX cache is written beside the model."""
-    import shutil
-
-    return Path(shutil.copytree(sentiment_model_dir, tmp_path / "model"))
 
 
 def test_onnx_gives_torch_scores_for_every_head(tmp_path: Path) -> None:
