@@ -32,7 +32,8 @@ from nlpkit.errors import NlpkitError
 
 CONFIG_ENV = "NLPKIT_CONFIG"
 KAFKA_ENV_PREFIX = "NLPKIT_KAFKA_"
-SECRET_WORDS = ("password", "secret", "token", "key.pem", "private")
+SCHEMA_REGISTRY_ENV_PREFIX = "NLPKIT_SCHEMA_REGISTRY_"
+SECRET_WORDS = ("password", "secret", "token", "key.pem", "private", "user.info")
 MASK = "***"
 
 
@@ -137,14 +138,25 @@ def models_dir() -> Path:
 def kafka_settings() -> dict[str, tuple[str, str]]:
     """librdkafka properties to pass through, each with its source: nlpkit.toml's [kafka] table,
     overridden by NLPKIT_KAFKA_* variables."""
+    return _pass_through("kafka", KAFKA_ENV_PREFIX, "librdkafka properties")
+
+
+def schema_registry_settings() -> dict[str, tuple[str, str]]:
+    """Schema Registry client settings (``url``, ``basic.auth.user.info``, ``ssl.ca.location``...),
+    each with its source: nlpkit.toml's [schema_registry] table, overridden by
+    NLPKIT_SCHEMA_REGISTRY_* variables (NLPKIT_SCHEMA_REGISTRY_URL is ``url``)."""
+    return _pass_through("schema_registry", SCHEMA_REGISTRY_ENV_PREFIX, "Schema Registry client settings")
+
+
+def _pass_through(table_name: str, prefix: str, what: str) -> dict[str, tuple[str, str]]:
     values, path = file_values()
-    table = values.get("kafka", {})
+    table = values.get(table_name, {})
     if not isinstance(table, dict):
-        raise NlpkitError(f"{path}: [kafka] must be a table of librdkafka properties")
+        raise NlpkitError(f"{path}: [{table_name}] must be a table of {what}")
     chosen = {str(key): (str(value), str(path)) for key, value in table.items()}
     for variable, value in os.environ.items():
-        if variable.startswith(KAFKA_ENV_PREFIX) and value:
-            chosen[variable[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = (value, variable)
+        if variable.startswith(prefix) and value:
+            chosen[variable[len(prefix) :].lower().replace("_", ".")] = (value, variable)
     return chosen
 
 
@@ -154,7 +166,7 @@ def is_secret(name: str) -> bool:
 
 def shown(name: str, value: str) -> str:
     """A value as it may be printed or logged: passwords and keys masked."""
-    if name == "database_url":
+    if name in ("database_url", "url"):  # a URL may carry a password
         from nlpkit.errors import redact_url
 
         return redact_url(value)
@@ -165,4 +177,6 @@ def effective() -> list[tuple[str, str, str]]:
     """(name, printable value, source) for every setting and Kafka pass-through property."""
     rows = [(name, shown(name, value), source) for name in SETTINGS for value, source in [resolve(name)]]
     rows += [(f"kafka: {key}", shown(key, value), source) for key, (value, source) in sorted(kafka_settings().items())]
+    registry = sorted(schema_registry_settings().items())
+    rows += [(f"schema registry: {key}", shown(key, value), source) for key, (value, source) in registry]
     return rows

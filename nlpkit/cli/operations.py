@@ -205,7 +205,7 @@ def dead_letters_replay(
 ) -> None:
     """Re-send dead letters (by ID, or --all matching the filters) to Kafka and mark them replayed.
 
-    The raw key and value go out unchanged, with an ``nlpkit.stream.replay-of`` header naming
+    The raw key and value go out unchanged, with an ``nlpkit.replay-of`` header naming
     the original topic/partition/offset; the workers then process them as new messages.
     With --direct they are processed here instead, their predictions stored under their
     original offsets; those that fail again stay dead letters, with the new reason.

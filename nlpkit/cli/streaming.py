@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,8 +19,68 @@ from nlpkit.cli.common import (
     options_by_task,
     pass_state,
 )
+from nlpkit.stream.decoding import KEY_FORMATS, VALUE_FORMATS
+from nlpkit.stream.messages import DEFAULT_PASS_HEADERS
+
+if TYPE_CHECKING:
+    from nlpkit.stream.worker import WorkerConfig
 
 stderr = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class ConsumeOptions:
+    """Everything ``nlpkit consume`` is asked, typed: one field per option."""
+
+    topics: tuple[str, ...]
+    tasks: tuple[str, ...]
+    group: str | None
+    bootstrap_servers: str | None
+    models: tuple[str, ...]
+    backend: str
+    device: str
+    batch_size: int
+    max_messages: int | None
+    max_message_bytes: int
+    dead_letter_topic: str | None
+    tombstones: str
+    value_format: str
+    key_format: str
+    schema_registry: str | None
+    fields: dict[str, str]
+    pass_headers: str
+    output_topic: str | None
+    output_format: str
+    output_schema: Path | None
+    store: bool
+    task_options: dict[str, str]
+    metrics_port: int | None
+    metrics_host: str | None
+    consumer_settings: dict[str, str]
+
+    def worker_config(self) -> WorkerConfig:
+        from nlpkit.stream.decoding import parse_field_map
+        from nlpkit.stream.worker import WorkerConfig
+
+        return WorkerConfig(
+            topics=self.topics,
+            group=self.group or f"nlpkit-{self.tasks[0]}",
+            bootstrap_servers=settings.get("bootstrap_servers", self.bootstrap_servers),
+            batch_size=self.batch_size,
+            max_messages=self.max_messages,
+            max_message_bytes=self.max_message_bytes,
+            dead_letter_topic=self.dead_letter_topic,
+            tombstones=self.tombstones,
+            value_format=self.value_format,
+            key_format=self.key_format,
+            fields=parse_field_map(self.fields),
+            schema_registry=self.schema_registry,
+            pass_headers=tuple(name.strip() for name in self.pass_headers.split(",") if name.strip()),
+            output_topic=self.output_topic,
+            output_format=self.output_format,
+            output_schema=self.output_schema,
+            consumer_config=self.consumer_settings,
+        )
 
 
 @click.command()
@@ -46,13 +108,61 @@ stderr = Console(stderr=True)
 @click.option(
     "--max-message-bytes", type=int, default=100_000, show_default=True, help="Larger messages become dead letters."
 )
-@click.option("--dead-letter-topic", help="Also copy dead letters to this topic.")
+@click.option("--dead-letter-topic", help="Also copy dead letters to this topic (Kafka Connect's error headers).")
 @click.option(
     "--tombstones",
     type=click.Choice(["skip", "dead-letter"]),
     default="skip",
     show_default=True,
     help="A null value (tombstone): recorded, counted and skipped, or kept as a dead letter.",
+)
+@click.option(
+    "--value-format",
+    type=click.Choice(VALUE_FORMATS),
+    default="auto",
+    show_default=True,
+    help="How values are read; auto: registry records (magic byte 0) when a registry is set, else JSON or text.",
+)
+@click.option(
+    "--key-format",
+    type=click.Choice(KEY_FORMATS),
+    default="bytes",
+    show_default=True,
+    help="How keys are read: bytes (the id where they are text), or a registry format (the id is the record).",
+)
+@click.option("--schema-registry", metavar="URL", help="Schema Registry URL [env NLPKIT_SCHEMA_REGISTRY_URL].")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=PATH",
+    callback=key_values,
+    help="Read a task input (or id, task) from a path in nested records, e.g. text=review.body (repeatable).",
+)
+@click.option(
+    "--pass-headers",
+    default=",".join(DEFAULT_PASS_HEADERS),
+    show_default=True,
+    metavar="NAMES",
+    help="Source headers stored with each row and copied onto results (comma-separated; '' for none).",
+)
+@click.option("--output-topic", help="Also produce one result message per prediction to this topic.")
+@click.option(
+    "--output-format",
+    type=click.Choice(["json", "avro"]),
+    default="json",
+    show_default=True,
+    help="Result values: the output JSON, or Avro (with --output-schema and --schema-registry).",
+)
+@click.option(
+    "--output-schema", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Avro schema (.avsc)."
+)
+@click.option(
+    "--store/--no-store",
+    default=True,
+    show_default=True,
+    help="--no-store: results only to --output-topic, dead letters to --dead-letter-topic, in one Kafka "
+    "transaction with the offsets (exactly once).",
 )
 @click.option(
     "-o",
@@ -74,62 +184,35 @@ stderr = Console(stderr=True)
     help="librdkafka consumer setting, passed through (repeatable).",
 )
 @pass_state
-def consume(
-    state: CliState,
-    topics: tuple[str, ...],
-    tasks: tuple[str, ...],
-    group: str | None,
-    bootstrap_servers: str | None,
-    models: tuple[str, ...],
-    backend: str,
-    device: str,
-    batch_size: int,
-    max_messages: int | None,
-    max_message_bytes: int,
-    dead_letter_topic: str | None,
-    tombstones: str,
-    task_options: dict[str, str],
-    metrics_port: int | None,
-    metrics_host: str | None,
-    consumer_settings: dict[str, str],
-) -> None:
+def consume(state: CliState, **given: Any) -> None:
     """Consume topics, store one prediction (or dead letter) per message, commit after storing."""
-    from nlpkit.inference.engine import Engine
+    from nlpkit.inference import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
     from nlpkit.stream.service import serve
-    from nlpkit.stream.worker import WorkerConfig
     from nlpkit.system.threads import configure_threads
 
-    database = state.database()
-    registry = ModelRegistry(database)
-    model_refs = _models_by_task(tasks, models)
-    options = options_by_task(tasks, task_options)
+    options = ConsumeOptions(**given)
+    config = options.worker_config()
+    database = state.database() if options.store else None
+    registry = ModelRegistry(database or state.database(check=False))
+    model_refs = _models_by_task(options.tasks, options.models)
+    task_options = options_by_task(options.tasks, options.task_options)
     configure_threads()
     engines = {
         task: Engine(
-            load_task(task, model_refs.get(task), backend=backend, device=device, registry=registry, **options[task])
+            load_task(task, model_refs.get(task), backend=options.backend, device=options.device,
+                      registry=registry, **task_options[task])
         )
-        for task in tasks
-    }
-    config = WorkerConfig(
-        topics=topics,
-        group=group or f"nlpkit-{tasks[0]}",
-        bootstrap_servers=settings.get("bootstrap_servers", bootstrap_servers),
-        batch_size=batch_size,
-        max_messages=max_messages,
-        max_message_bytes=max_message_bytes,
-        dead_letter_topic=dead_letter_topic,
-        tombstones=tombstones,
-        consumer_config=consumer_settings,
-    )
+        for task in options.tasks
+    }  # fmt: skip
     stats = serve(
         config,
         engines,
         database,
         hook=load_plugins().hook,
-        metrics_host=settings.get("metrics_host", metrics_host),
-        metrics_port=metrics_port,
+        metrics_host=settings.get("metrics_host", options.metrics_host),
+        metrics_port=options.metrics_port,
     )
     stderr.print(
         f"consumed {stats.messages} messages: {stats.predictions} predictions, "
@@ -158,6 +241,15 @@ def _models_by_task(tasks: tuple[str, ...], models: tuple[str, ...]) -> dict[str
 @click.option("--key-field", default="id", show_default=True, help="Field used as the message key, if present.")
 @click.option("--sample", type=int, help="Send a random sample of this many rows.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --sample.")
+@click.option(
+    "--value-format",
+    type=click.Choice(["json", "avro"]),
+    default="json",
+    show_default=True,
+    help="JSON objects, or Avro records of --schema registered with --schema-registry.",
+)
+@click.option("--schema", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Avro schema (.avsc).")
+@click.option("--schema-registry", metavar="URL", help="Schema Registry URL [env NLPKIT_SCHEMA_REGISTRY_URL].")
 def send(
     topic: str,
     file: Path,
@@ -166,13 +258,23 @@ def send(
     key_field: str,
     sample: int | None,
     seed: int,
+    value_format: str,
+    schema: Path | None,
+    schema_registry: str | None,
 ) -> None:
-    """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages."""
+    """Send the rows of a JSON lines, TSV or CSV file to a topic as JSON messages (or Avro records)."""
     from tqdm import tqdm
 
-    from nlpkit.stream.kafka_clients import file_messages, produce
+    from nlpkit.stream.kafka_clients import avro_encoder, file_messages, produce
 
-    messages = file_messages(file, text_column=text_column, key_field=key_field, sample=sample, seed=seed)
+    encode = None
+    if value_format == "avro":
+        if schema is None:
+            raise click.UsageError("--value-format avro needs --schema FILE (an Avro schema, .avsc)")
+        encode = avro_encoder(topic, schema, schema_registry)
+    messages = file_messages(
+        file, text_column=text_column, key_field=key_field, sample=sample, seed=seed, encode=encode
+    )
     # disable=None: a bar on a terminal, none in logs and pipes.
     with tqdm(total=len(messages), unit="msg", desc=f"sending to {topic}", disable=None) as bar:
         sent = produce(settings.get("bootstrap_servers", bootstrap_servers), topic, messages, progress=bar.update)

@@ -30,6 +30,8 @@ PREDICTION_COLUMNS = (
     "source_partition",
     "source_offset",
     "source_key",
+    "schema_id",
+    "headers",
     "record_id",
     "input_text",
     "input_extra",

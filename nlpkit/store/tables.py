@@ -59,6 +59,10 @@ class PredictionRow(Base):
     # text (valid UTF-8, no NUL), for display and queries.
     source_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     source_key_text: Mapped[str | None] = mapped_column(Text)
+    # The Schema Registry id the value was decoded with (None for JSON and text), and the
+    # source headers passed through (--pass-headers: by default the W3C trace context).
+    schema_id: Mapped[int | None] = mapped_column(Integer)
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     record_id: Mapped[str | None] = mapped_column(String(255), index=True)
     input_text: Mapped[str] = mapped_column(Text)
     input_extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)

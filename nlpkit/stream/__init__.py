@@ -10,10 +10,6 @@
 - ``kafka_clients``, ``lag``, ``monitoring``, ``replay``: clients and topics, consumer lag,
   Prometheus metrics and health, dead letters' second chance.
 
-Above inference and store; nothing below imports from here.
+Above inference and store; nothing below imports from here. This file imports nothing, so that
+``nlpkit --help`` can read the option choices of ``decoding`` without loading a Kafka client.
 """
-
-from nlpkit.stream.processing import BatchProcessor, ProcessedBatch, StandInMessage
-from nlpkit.stream.worker import Worker, WorkerConfig, WorkerStats
-
-__all__ = ["BatchProcessor", "ProcessedBatch", "StandInMessage", "Worker", "WorkerConfig", "WorkerStats"]

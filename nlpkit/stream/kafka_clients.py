@@ -109,11 +109,13 @@ def file_messages(
     key_field: str | None = "id",
     sample: int | None = None,
     seed: int = 0,
+    encode: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> list[tuple[bytes | None, bytes]]:
     """(key, value) pairs for the rows of a JSON lines, TSV or CSV file.
 
-    Each row is sent as a JSON object whose ``text`` is the row's text column, so what
-    a worker receives does not depend on the file format. ``sample`` draws that many
+    Each row is sent as a JSON object whose ``text`` is the row's text column, so what a
+    worker receives does not depend on the file format; or as ``encode`` makes it (an Avro
+    record of the row as it is, its schema saying where the text lives). ``sample`` draws that many
     rows at random with ``seed``: several shared data files are sorted by label, so a
     prefix would not be a sample.
     """
@@ -124,15 +126,30 @@ def file_messages(
         rows = random.Random(seed).sample(rows, sample)
     messages = []
     for number, row in rows:
-        column = text_column or next((name for name in TEXT_COLUMNS if name in row), None)
-        if column not in row:
-            wanted = text_column or " or ".join(TEXT_COLUMNS)
-            raise DataFormatError(f"{path}:{number}: no text column ({wanted})")
         payload = dict(row)
-        payload["text"] = payload.pop(column)
+        if encode is None:  # JSON: the text under "text"; an encoder's schema says where its text is
+            column = text_column or next((name for name in TEXT_COLUMNS if name in row), None)
+            if column not in row:
+                wanted = text_column or " or ".join(TEXT_COLUMNS)
+                raise DataFormatError(f"{path}:{number}: no text column ({wanted})")
+            payload["text"] = payload.pop(column)
         key = payload.get(key_field) if key_field else None
-        messages.append((None if key is None else str(key).encode(), json.dumps(payload, ensure_ascii=False).encode()))
+        value = encode(payload) if encode else json.dumps(payload, ensure_ascii=False).encode()
+        messages.append((None if key is None else str(key).encode(), value))
     return messages
+
+
+def avro_encoder(topic: str, schema: Path, registry_url: str | None = None) -> Callable[[dict[str, Any]], bytes]:
+    """Rows as Avro records of ``schema``, registered in the Schema Registry under the topic's
+    value subject (confluent-kafka's serializer: magic byte, schema id, then the record)."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from nlpkit.stream.decoding import registry_client
+
+    serializer = AvroSerializer(registry_client(registry_url), schema.read_text(encoding="utf-8"))
+    context = SerializationContext(topic, MessageField.VALUE)
+    return lambda row: serializer(row, context)
 
 
 def produce(

@@ -23,6 +23,8 @@ from typing import Any
 DEFAULT_MAX_MESSAGE_BYTES = 100_000
 MAX_ID_CHARS = 255
 TOMBSTONE_REASON = "tombstone (null value)"
+# The W3C trace context: a trace started at the producer continues through the stored row and the result.
+DEFAULT_PASS_HEADERS = ("traceparent", "tracestate")
 # A \u escape of a UTF-16 surrogate: json.loads pairs up proper ones, but a lone one becomes a
 # str that no UTF-8 consumer (the database driver, Kafka headers) can encode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -31,11 +33,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 @dataclass(frozen=True)
 class Decoded:
-    """A message's fields (not yet validated against a task) and its id and task, if given."""
+    """A message's fields (not yet validated against a task), its id and task if given, and the
+    Schema Registry id of the schema it was decoded with (None for JSON and text)."""
 
     fields: dict[str, Any]
     record_id: str | None
     task: str | None
+    schema_id: int | None = None
 
 
 @dataclass(frozen=True)

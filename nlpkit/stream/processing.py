@@ -25,7 +25,8 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.hookspecs import StoredBatch
 from nlpkit.inference import Engine, RecordFailure
-from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES, Decoded, Rejected, decode_message, key_text
+from nlpkit.stream.decoding import MessageDecoder
+from nlpkit.stream.messages import DEFAULT_PASS_HEADERS, Decoded, Rejected, key_text
 from nlpkit.tasks import Prediction, Record
 
 Row = dict[str, Any]
@@ -42,6 +43,7 @@ class Incoming(Protocol):
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
     def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class StandInMessage:
     key_bytes: bytes | None
     value_bytes: bytes | None
     timestamp_ms: int
+    header_list: list[tuple[str, bytes]] | None = None
 
     def topic(self) -> str:
         return self.topic_name
@@ -72,6 +75,9 @@ class StandInMessage:
 
     def timestamp(self) -> tuple[int, int]:
         return TIMESTAMP_CREATE_TIME, self.timestamp_ms
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.header_list
 
 
 @dataclass
@@ -108,15 +114,19 @@ class BatchProcessor:
     """Turns batches of messages into prediction, dead-letter and tombstone rows.
 
     ``engines`` maps task names to ready engines; a message's ``task`` field picks one,
-    and messages without it go to the first. ``progress`` is called while a long batch
-    runs through a model (the worker uses it to stay in its consumer group).
+    and messages without it go to the first. ``decoder`` turns key and value into fields
+    (JSON or text by default; Schema Registry formats and field maps when configured).
+    The source headers named in ``pass_headers`` are kept with each prediction.
+    ``progress`` is called while a long batch runs through a model (the worker uses it to
+    stay in its consumer group).
     """
 
     def __init__(
         self,
         engines: Mapping[str, Engine],
         *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        decoder: MessageDecoder | None = None,
+        pass_headers: Sequence[str] = DEFAULT_PASS_HEADERS,
         tombstones: str = "skip",
         progress: Callable[[float], None] | None = None,
         on_inference: Callable[[str, float], None] | None = None,
@@ -127,7 +137,8 @@ class BatchProcessor:
             raise NlpkitError(f"tombstones must be one of {', '.join(TOMBSTONE_POLICIES)}, not '{tombstones}'")
         self.engines = dict(engines)
         self.default_task = next(iter(self.engines))
-        self.max_message_bytes = max_message_bytes
+        self.decoder = decoder or MessageDecoder()
+        self.pass_headers = tuple(pass_headers)
         self.tombstones = tombstones
         self.progress = progress
         self.on_inference = on_inference
@@ -139,7 +150,7 @@ class BatchProcessor:
 
     def process(self, messages: Sequence[Incoming]) -> ProcessedBatch:
         batch = ProcessedBatch()
-        routed: dict[str, list[tuple[Incoming, Record]]] = defaultdict(list)
+        routed: dict[str, list[tuple[Incoming, Record, int | None]]] = defaultdict(list)
         for message in messages:
             key = (message.topic(), message.partition())
             batch.messages[key + (message.offset(),)] = message
@@ -147,28 +158,25 @@ class BatchProcessor:
             if message.value() is None and self.tombstones == "skip":
                 batch.tombstones.append(tombstone_row(message))
                 continue
-            task, record_or_reason = self._route(message)
+            decoded = self.decoder.decode(message.topic(), message.value(), message.key())
+            task, record_or_reason = (
+                (self.default_task, decoded) if isinstance(decoded, Rejected) else self._validate(decoded)
+            )
             if isinstance(record_or_reason, Rejected):
                 batch.dead_letters.append(dead_letter_row(message, task, record_or_reason))
             else:
-                routed[task].append((message, record_or_reason))
+                routed[task].append((message, record_or_reason, decoded.schema_id))
         for task, items in routed.items():
             started = time.perf_counter()
-            outcomes = self.engines[task].run([record for _message, record in items], progress=self.progress)
+            outcomes = self.engines[task].run([record for _message, record, _schema in items], progress=self.progress)
             if self.on_inference is not None:
                 self.on_inference(task, time.perf_counter() - started)
-            for (message, record), outcome in zip(items, outcomes, strict=True):
+            for (message, record, schema_id), outcome in zip(items, outcomes, strict=True):
                 if isinstance(outcome, RecordFailure):
                     batch.dead_letters.append(dead_letter_row(message, task, Rejected(outcome.reason, stage="model")))
                 else:
-                    batch.predictions.append(self._prediction_row(task, message, record, outcome))
+                    batch.predictions.append(self._prediction_row(task, message, record, outcome, schema_id))
         return batch
-
-    def _route(self, message: Incoming) -> tuple[str, Record | Rejected]:
-        decoded = decode_message(message.value(), message.key(), self.max_message_bytes)
-        if isinstance(decoded, Rejected):
-            return self.default_task, decoded
-        return self._validate(decoded)
 
     def _validate(self, decoded: Decoded) -> tuple[str, Record | Rejected]:
         task = decoded.task or self.default_task
@@ -182,7 +190,9 @@ class BatchProcessor:
             return task, Rejected(str(exc), "validate")
         return task, Record(fields, decoded.record_id)
 
-    def _prediction_row(self, task: str, message: Incoming, record: Record, prediction: Prediction) -> Row:
+    def _prediction_row(
+        self, task: str, message: Incoming, record: Record, prediction: Prediction, schema_id: int | None
+    ) -> Row:
         loaded = self.engines[task].loaded
         primary, *others = self.engines[task].task.input_fields
         return {
@@ -195,6 +205,8 @@ class BatchProcessor:
             "source_offset": message.offset(),
             "source_key": message.key(),
             "source_key_text": key_text(message.key()),
+            "schema_id": schema_id,
+            "headers": passed_headers(message, self.pass_headers),
             "record_id": record.id,
             "input_text": record.fields[primary],
             "input_extra": {name: record.fields[name] for name in others} or None,
@@ -203,6 +215,14 @@ class BatchProcessor:
             "output": prediction.output,
             "message_timestamp": message_timestamp(message),
         }
+
+
+def passed_headers(message: Incoming, names: Sequence[str]) -> dict[str, str] | None:
+    """The named headers of a message (the last value of each, as text), or None when it has none of them."""
+    if not names:
+        return None
+    found = {name: value.decode("utf-8", "replace") for name, value in message.headers() or () if name in names}
+    return found or None
 
 
 def dead_letter_row(message: Incoming, task: str, rejected: Rejected) -> Row:

@@ -23,7 +23,7 @@ from nlpkit.stream.sinks.database import DatabaseSink
 if TYPE_CHECKING:
     from nlpkit.inference.engine import Engine
 
-REPLAY_HEADER = "nlpkit.stream.replay-of"
+REPLAY_HEADER = "nlpkit.replay-of"
 
 
 def resend(

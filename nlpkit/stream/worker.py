@@ -28,19 +28,22 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from nlpkit.errors import NlpkitError
 from nlpkit.inference import Engine
-from nlpkit.store import Database
+from nlpkit.store import Database, utcnow
+from nlpkit.stream.decoding import MessageDecoder, configured_registry
 from nlpkit.stream.kafka_clients import client_config, cluster_metadata, new_client
-from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES
+from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PASS_HEADERS
 from nlpkit.stream.monitoring import STATS_INTERVAL_MS, WorkerMetrics
 from nlpkit.stream.processing import BatchProcessor, ProcessedBatch
 from nlpkit.stream.sinks.database import DatabaseSink, StoppedDuringOutage
 from nlpkit.stream.sinks.dead_letter_topic import DeadLetterTopic
+from nlpkit.stream.sinks.output_topic import OutputTopic, ResultEncoder, TransactionAborted, TransactionalResults
 from nlpkit.system.memory import trim_heap
 
 log = logging.getLogger("nlpkit.worker")
@@ -65,6 +68,19 @@ class WorkerConfig:
     max_messages: int | None = None
     dead_letter_topic: str | None = None
     tombstones: str = "skip"
+    # How keys and values are read (see nlpkit.stream.decoding): the value format, the key
+    # format, task inputs mapped onto paths in nested records, and the Schema Registry URL
+    # (else NLPKIT_SCHEMA_REGISTRY_URL, if set).
+    value_format: str = "auto"
+    key_format: str = "bytes"
+    fields: dict[str, str] = field(default_factory=dict)
+    schema_registry: str | None = None
+    # Source headers kept with each stored row (and copied onto results).
+    pass_headers: tuple[str, ...] = DEFAULT_PASS_HEADERS
+    # Results to a topic too (see nlpkit.stream.sinks.output_topic): JSON, or Avro with a schema file.
+    output_topic: str | None = None
+    output_format: str = "json"
+    output_schema: Path | None = None
     consumer_config: dict[str, Any] = field(default_factory=dict)
     # While the database is unavailable the batch is retried, waiting this long at first,
     # doubling up to the maximum; the consumer keeps polling (paused) so it stays in the group.
@@ -92,20 +108,33 @@ class Worker:
         self,
         config: WorkerConfig,
         engines: Mapping[str, Engine],
-        database: Database,
+        database: Database | None,
         hook: Any = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``database`` None stores nothing: results go to ``config.output_topic`` and dead
+        letters to ``config.dead_letter_topic``, in one Kafka transaction with the offsets."""
+        if database is None and not (config.output_topic and config.dead_letter_topic):
+            raise NlpkitError("without a database, name both --output-topic and --dead-letter-topic: nothing is lost")
         self.config = config
         self.metrics = metrics
+        registry = configured_registry(config.schema_registry)
+        decoder = MessageDecoder(
+            max_bytes=config.max_message_bytes,
+            value_format=config.value_format,
+            key_format=config.key_format,
+            fields=config.fields,
+            registry=registry,
+        )
         self.processor = BatchProcessor(
             engines,
-            max_message_bytes=config.max_message_bytes,
+            decoder=decoder,
+            pass_headers=config.pass_headers,
             tombstones=config.tombstones,
             progress=self._keep_alive,
             on_inference=self._observe_inference,
         )
-        self.database_sink = DatabaseSink(
+        self.database_sink = database and DatabaseSink(
             database,
             hook=hook,
             retry_initial_s=config.retry_initial_s,
@@ -114,9 +143,23 @@ class Worker:
             stopping=lambda: self._stopping,
             on_retry=metrics.database_retries.inc if metrics else None,
         )
-        self.dead_letter_topic = (
-            DeadLetterTopic(config.dead_letter_topic, config.bootstrap_servers) if config.dead_letter_topic else None
-        )
+        encoder = ResultEncoder(config.output_format, registry=registry, schema_file=config.output_schema)
+        # With a database: results and dead letters are copies, sent after the rows are stored.
+        # Without one: they are the only record, and go out in one transaction with the offsets.
+        self.output_topic = self.dead_letter_topic = self.transaction = None
+        if database is None:
+            self.transaction = TransactionalResults(
+                config.output_topic,
+                config.bootstrap_servers,
+                encoder,
+                group=config.group,
+                dead_letter_topic=config.dead_letter_topic,
+            )
+        else:
+            if config.output_topic:
+                self.output_topic = OutputTopic(config.output_topic, config.bootstrap_servers, encoder)
+            if config.dead_letter_topic:
+                self.dead_letter_topic = DeadLetterTopic(config.dead_letter_topic, config.bootstrap_servers)
         self.stats = WorkerStats()
         self._stopping = False
         # Whether the broker has answered once; until then client errors are the startup
@@ -190,8 +233,9 @@ class Worker:
         finally:
             self._consumer = None
             consumer.close()  # leaves the group at once, so partitions move without waiting for a timeout
-            if self.dead_letter_topic is not None:
-                self.dead_letter_topic.close()
+            for sink in (self.output_topic, self.dead_letter_topic, self.transaction):
+                if sink is not None:
+                    sink.close()
         return self.stats
 
     def _check_topics(self, consumer: Consumer) -> None:
@@ -211,9 +255,8 @@ class Worker:
             candidates = self._carried + fresh
             self._carried = candidates[size:]
             messages = [message for message in candidates[:size] if self._usable(message)]
-            if messages:
-                self._process(messages)
-            self._commit_positions(consumer)
+            batch = self._process(messages) if messages else None
+            self._commit_positions(consumer, batch)
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 self._report(last_report - started)
@@ -257,11 +300,13 @@ class Worker:
 
     # --- one batch -------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message]) -> ProcessedBatch:
         batch = self.processor.process(messages)
-        self.database_sink.write(batch, self.processor.models)
-        if self.dead_letter_topic is not None:
-            self.dead_letter_topic.publish(batch)
+        if self.database_sink is not None:
+            self.database_sink.write(batch, self.processor.models)
+        for sink in (self.output_topic, self.dead_letter_topic):
+            if sink is not None:
+                sink.publish(batch)
         if self.metrics:
             self._observe(messages, batch)
         self.stats.messages += len(messages)
@@ -270,6 +315,7 @@ class Worker:
         self.stats.tombstones += len(batch.tombstones)
         self.stats.batches += 1
         trim_heap()  # without it, malloc fragmentation grows RSS batch after batch (nlpkit.system.memory)
+        return batch
 
     def _observe_inference(self, task: str, seconds: float) -> None:
         if self.metrics:
@@ -288,7 +334,8 @@ class Worker:
             metrics.tombstones.labels(row["source_topic"]).inc()
         for row in (*batch.predictions, *batch.dead_letters):
             if row["message_timestamp"] is not None:
-                metrics.end_to_end_seconds.observe((row["stored_at"] - row["message_timestamp"]).total_seconds())
+                done = row.get("stored_at") or utcnow()  # no database: handed to the transaction now
+                metrics.end_to_end_seconds.observe((done - row["message_timestamp"]).total_seconds())
 
     def _keep_alive(self, _progress: float = 0.0, wait: float = 0.0) -> None:
         """Poll with every partition paused, so a long batch or a database outage never exceeds
@@ -311,7 +358,7 @@ class Worker:
         finally:
             consumer.resume(consumer.assignment())
 
-    def _commit_positions(self, consumer: Consumer) -> None:
+    def _commit_positions(self, consumer: Consumer, batch: ProcessedBatch | None = None) -> None:
         """Commit each assigned partition's position, once everything before it is stored.
 
         The position is where the consumer will read next: past every message it handed
@@ -334,16 +381,45 @@ class Worker:
             offset = min(position.offset, held.get(key, position.offset))
             if self._committed.get(key) != offset:
                 offsets.append(TopicPartition(position.topic, position.partition, offset))
-        if not offsets:
+        if self.transaction is not None:
+            if not self._commit_in_transaction(consumer, batch, offsets):
+                return
+        elif not offsets:
             return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # Typically a rebalance got there first. The rows are stored and keyed by offset,
-            # so whoever re-reads these messages overwrites the same rows.
-            log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
-            return
+        else:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                # Typically a rebalance got there first. The rows are stored and keyed by offset,
+                # so whoever re-reads these messages overwrites the same rows.
+                log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
+                return
         self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
+
+    def _commit_in_transaction(
+        self, consumer: Consumer, batch: ProcessedBatch | None, offsets: list[TopicPartition]
+    ) -> bool:
+        """Results, dead letters and offsets in one transaction; False when it was aborted, after
+        moving the consumer back to the batch's first messages so they are read again."""
+        if not offsets and not (batch and (batch.predictions or batch.dead_letters)):
+            return False
+        try:
+            self.transaction.commit(batch, offsets, consumer.consumer_group_metadata())
+        except TransactionAborted as exc:
+            log.warning("transaction aborted (%s); the batch will be read again", exc)
+            if batch is not None:
+                self._rewind(consumer, batch)
+            return False
+        return True
+
+    def _rewind(self, consumer: Consumer, batch: ProcessedBatch) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in batch.messages:
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+        self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in first]
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in self._assigned:
+                consumer.seek(TopicPartition(topic, partition, offset))
 
 
 def _describe(partitions: list[TopicPartition]) -> str:

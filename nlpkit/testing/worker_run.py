@@ -26,6 +26,7 @@ from nlpkit.inference import Engine
 from nlpkit.pipelines import ModelRegistry, load_task
 from nlpkit.plugins import load_plugins
 from nlpkit.store import Base, Database, DeadLetterRow, PredictionRow, TombstoneRow, migrated_database
+from nlpkit.stream.decoding import MessageDecoder
 from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES
 from nlpkit.stream.processing import BatchProcessor, StandInMessage
 from nlpkit.stream.sinks.database import DatabaseSink
@@ -81,7 +82,8 @@ def run_through_worker(
     stand_ins = [_stand_in(topic, offset, message) for offset, message in enumerate(messages)]
     with _database(database_url) as database:
         loaded = load_task(task, str(model), registry=ModelRegistry(database), **options)
-        processor = BatchProcessor({task: Engine(loaded)}, max_message_bytes=max_message_bytes, tombstones=tombstones)
+        decoder = MessageDecoder(max_bytes=max_message_bytes)
+        processor = BatchProcessor({task: Engine(loaded)}, decoder=decoder, tombstones=tombstones)
         sink = DatabaseSink(database, hook=load_plugins().hook if hook is None else hook)
         for start in range(0, len(stand_ins), batch_size):
             sink.write(processor.process(stand_ins[start : start + batch_size]), processor.models)

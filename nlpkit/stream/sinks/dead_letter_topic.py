@@ -1,5 +1,16 @@
-"""The dead-letter topic sink: each dead letter's raw key and value copied to a Kafka topic, the reason
-and the source coordinates in headers, flushed before the batch's offsets move on."""
+"""The dead-letter topic sink: each dead letter's raw key and value copied to a Kafka topic, flushed
+before the batch's offsets move on.
+
+The headers follow Kafka Connect's dead-letter queue (``errors.deadletterqueue.context.headers.enable``),
+so tools written for Connect's dead letters read nlpkit's too:
+
+| header | value |
+|---|---|
+| ``__connect.errors.topic``, ``__connect.errors.partition``, ``__connect.errors.offset`` | where the message was |
+| ``__connect.errors.stage`` | where it failed: ``decode``, ``validate``, ``route``, ``model``, ``store`` |
+| ``__connect.errors.exception.message`` | the reason, as stored with the dead letter |
+| ``__connect.errors.connector.name`` | ``nlpkit-TASK``, the task it was meant for |
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,23 @@ from confluent_kafka import Producer
 
 from nlpkit.errors import NlpkitError
 from nlpkit.stream.kafka_clients import client_config, new_client
-from nlpkit.stream.processing import ProcessedBatch
+from nlpkit.stream.processing import ProcessedBatch, Row
+
+HEADER_PREFIX = "__connect.errors."
+
+
+def dead_letter_message(row: Row) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(value, key, headers) of the message that carries a dead letter row to its topic."""
+    context = {
+        "topic": row["source_topic"],
+        "partition": row["source_partition"],
+        "offset": row["source_offset"],
+        "stage": row["stage"],
+        "exception.message": row["reason"],
+        "connector.name": f"nlpkit-{row['task']}",
+    }
+    headers = [(HEADER_PREFIX + name, str(value).encode()) for name, value in context.items()]
+    return row["raw_value"], row["source_key"], headers
 
 
 class DeadLetterTopic:
@@ -28,15 +55,8 @@ class DeadLetterTopic:
         if self._producer is None:
             self._producer = self.new_producer()
         for row in batch.dead_letters:
-            self._producer.produce(
-                self.topic,
-                value=row["raw_value"],
-                key=row["source_key"],
-                headers={
-                    "nlpkit.reason": row["reason"].encode(),
-                    "nlpkit.source": f"{row['source_topic']}/{row['source_partition']}/{row['source_offset']}".encode(),
-                },
-            )
+            value, key, headers = dead_letter_message(row)
+            self._producer.produce(self.topic, value=value, key=key, headers=headers)
         # Before the offsets move on, the copies must be safely in Kafka too.
         if self._producer.flush(30):
             raise NlpkitError(f"dead letters could not be written to topic '{self.topic}'")
