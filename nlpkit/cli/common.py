@@ -162,3 +162,38 @@ def options_by_task(tasks: Sequence[str], items: dict[str, str]) -> dict[str, di
         for each in chosen:
             options[each][name] = value
     return options
+
+
+def decoding_options(function: Any) -> Any:
+    """How keys and values are read (see nlpkit.stream.decoding): the options ``consume`` and
+    ``dead-letters replay --direct`` share, so a dead letter is read again as its worker read it."""
+    from nlpkit.stream.decoding import KEY_FORMATS, VALUE_FORMATS
+
+    options = [
+        click.option(
+            "--value-format",
+            type=click.Choice(VALUE_FORMATS),
+            default="auto",
+            show_default=True,
+            help="How values are read; auto: registry records (magic byte 0) if a registry is set, else JSON or text.",
+        ),
+        click.option(
+            "--key-format",
+            type=click.Choice(KEY_FORMATS),
+            default="bytes",
+            show_default=True,
+            help="How keys are read: bytes (the id where they are text), or a registry format (the id is the record).",
+        ),
+        click.option("--schema-registry", metavar="URL", help="Schema Registry URL [env NLPKIT_SCHEMA_REGISTRY_URL]."),
+        click.option(
+            "--field",
+            "fields",
+            multiple=True,
+            metavar="NAME=PATH",
+            callback=key_values,
+            help="Read a task input (or id, task) from a path in nested records, e.g. text=review.body (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function

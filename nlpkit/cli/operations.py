@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import settings
-from nlpkit.cli.common import MOMENT, CliState, NlpkitGroup, bootstrap_option, one_line, pass_state
+from nlpkit.cli.common import MOMENT, CliState, NlpkitGroup, bootstrap_option, decoding_options, one_line, pass_state
 from nlpkit.errors import NlpkitError
 
 stderr = Console(stderr=True)
@@ -187,6 +187,7 @@ def dead_letters_show(state: CliState, letter_id: int, shown_bytes: int, as_json
 @click.option("--to-topic", metavar="TOPIC", help="Send to TOPIC instead of each message's own topic.")
 @click.option("--direct", is_flag=True, help="Process them here and now instead of re-sending them to Kafka.")
 @click.option("--model", help="With --direct: the model to use [newest registered for the task].")
+@decoding_options
 @click.option("--again", is_flag=True, help="Include dead letters that were replayed before.")
 @click.option("--dry-run", is_flag=True, help="List what would be replayed and stop.")
 @bootstrap_option
@@ -201,13 +202,18 @@ def dead_letters_replay(
     again: bool,
     dry_run: bool,
     bootstrap_servers: str | None,
+    value_format: str,
+    key_format: str,
+    schema_registry: str | None,
+    fields: dict[str, str],
     **filters: Any,
 ) -> None:
     """Re-send dead letters (by ID, or --all matching the filters) to Kafka and mark them replayed.
 
     The raw key and value go out unchanged, with an ``nlpkit.replay-of`` header naming
     the original topic/partition/offset; the workers then process them as new messages.
-    With --direct they are processed here instead, their predictions stored under their
+    With --direct they are processed here instead, read as the worker read them (the same
+    --value-format, --schema-registry and --field), their predictions stored under their
     original offsets; those that fail again stay dead letters, with the new reason.
     """
     from nlpkit.store.queries import DeadLetterFilter
@@ -227,14 +233,22 @@ def dead_letters_replay(
         stderr.print(f"{len(letters)} dead letter(s) would be replayed" if dry_run else "nothing to replay")
         return
     if direct:
-        outcome = _replay_directly(database, letters, model)
+        from nlpkit.stream.decoding import MessageDecoder, configured_registry, parse_field_map
+
+        decoder = MessageDecoder(
+            value_format=value_format,
+            key_format=key_format,
+            fields=parse_field_map(fields),
+            registry=configured_registry(schema_registry),
+        )
+        outcome = _replay_directly(database, letters, model, decoder)
         stderr.print(f"replayed {len(letters)}: {outcome.stored} stored, {outcome.still_dead} still dead letters")
         return
     sent = resend(database, letters, settings.get("bootstrap_servers", bootstrap_servers), topic=to_topic)
     stderr.print(f"replayed {sent} dead letter(s)" + (f" to '{to_topic}'" if to_topic else " to their topics"))
 
 
-def _replay_directly(database: Any, letters: list[Any], model: str | None) -> Any:
+def _replay_directly(database: Any, letters: list[Any], model: str | None, decoder: Any) -> Any:
     from nlpkit.inference.engine import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.stream.replay import process_directly
@@ -244,7 +258,7 @@ def _replay_directly(database: Any, letters: list[Any], model: str | None) -> An
         raise NlpkitError(f"these dead letters span several tasks ({', '.join(tasks)}); pick one with --task")
     registry = ModelRegistry(database)
     engines = {task: Engine(load_task(task, model, registry=registry)) for task in tasks}
-    return process_directly(database, letters, engines)
+    return process_directly(database, letters, engines, decoder)
 
 
 def _one_letter(state: CliState, letter_id: int) -> Any:

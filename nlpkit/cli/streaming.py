@@ -15,11 +15,11 @@ from nlpkit.cli.common import (
     CliState,
     NlpkitGroup,
     bootstrap_option,
+    decoding_options,
     key_values,
     options_by_task,
     pass_state,
 )
-from nlpkit.stream.decoding import KEY_FORMATS, VALUE_FORMATS
 from nlpkit.stream.messages import DEFAULT_PASS_HEADERS
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class ConsumeOptions:
     task_options: dict[str, str]
     metrics_port: int | None
     metrics_host: str | None
+    metrics_token_file: str | None
     consumer_settings: dict[str, str]
 
     def worker_config(self) -> WorkerConfig:
@@ -116,29 +117,7 @@ class ConsumeOptions:
     show_default=True,
     help="A null value (tombstone): recorded, counted and skipped, or kept as a dead letter.",
 )
-@click.option(
-    "--value-format",
-    type=click.Choice(VALUE_FORMATS),
-    default="auto",
-    show_default=True,
-    help="How values are read; auto: registry records (magic byte 0) when a registry is set, else JSON or text.",
-)
-@click.option(
-    "--key-format",
-    type=click.Choice(KEY_FORMATS),
-    default="bytes",
-    show_default=True,
-    help="How keys are read: bytes (the id where they are text), or a registry format (the id is the record).",
-)
-@click.option("--schema-registry", metavar="URL", help="Schema Registry URL [env NLPKIT_SCHEMA_REGISTRY_URL].")
-@click.option(
-    "--field",
-    "fields",
-    multiple=True,
-    metavar="NAME=PATH",
-    callback=key_values,
-    help="Read a task input (or id, task) from a path in nested records, e.g. text=review.body (repeatable).",
-)
+@decoding_options
 @click.option(
     "--pass-headers",
     default=",".join(DEFAULT_PASS_HEADERS),
@@ -176,6 +155,12 @@ class ConsumeOptions:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz on this port.")
 @click.option("--metrics-host", help="Address for the metrics server [env NLPKIT_METRICS_HOST, 127.0.0.1].")
 @click.option(
+    "--metrics-token-file",
+    metavar="FILE",
+    help="Require this file's token as a bearer token on /metrics and /healthz "
+    "[env NLPKIT_METRICS_TOKEN_FILE; or the token in NLPKIT_METRICS_TOKEN].",
+)
+@click.option(
     "-X",
     "consumer_settings",
     multiple=True,
@@ -189,11 +174,14 @@ def consume(state: CliState, **given: Any) -> None:
     from nlpkit.inference import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import load_plugins
+    from nlpkit.stream.monitoring import read_metrics_token
     from nlpkit.stream.service import serve
     from nlpkit.system.threads import configure_threads
 
     options = ConsumeOptions(**given)
     config = options.worker_config()
+    token_file = settings.get("metrics_token_file", options.metrics_token_file)
+    token = read_metrics_token(settings.get("metrics_token"), token_file) if options.metrics_port is not None else None
     database = state.database() if options.store else None
     registry = ModelRegistry(database or state.database(check=False))
     model_refs = _models_by_task(options.tasks, options.models)
@@ -213,6 +201,7 @@ def consume(state: CliState, **given: Any) -> None:
         hook=load_plugins().hook,
         metrics_host=settings.get("metrics_host", options.metrics_host),
         metrics_port=options.metrics_port,
+        metrics_token=token,
     )
     stderr.print(
         f"consumed {stats.messages} messages: {stats.predictions} predictions, "

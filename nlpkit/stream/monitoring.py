@@ -8,10 +8,19 @@
   (from librdkafka's statistics: high watermark minus committed offset);
 - ``/healthz``: ``{"model_loaded", "database", "broker"}``, status 200 when all are true
   and 503 otherwise, so an orchestrator can restart or stop routing to a sick worker.
+
+With a token (``NLPKIT_METRICS_TOKEN``, or the file ``NLPKIT_METRICS_TOKEN_FILE`` or
+``--metrics-token-file`` names, read once at start), every request must carry
+``Authorization: Bearer <token>``; any other gets 401 with ``WWW-Authenticate: Bearer`` and
+no body. A server bound beyond loopback without a token is allowed, with one warning at
+start: Prometheus scraping a worker inside a private network is a valid setup, and the
+operator who exposes it further is told. The token is never logged.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -19,10 +28,13 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from nlpkit.errors import NlpkitError
 
 log = logging.getLogger("nlpkit.stream.monitoring")
 
@@ -106,12 +118,55 @@ class WorkerMetrics:
         return self.broker_up and fresh
 
 
-class MonitoringServer:
-    """``/metrics`` and ``/healthz`` on a background thread."""
+def read_metrics_token(token: str | None, token_file: str | None) -> str | None:
+    """The bearer token the metrics server requires, or None for none.
 
-    def __init__(self, metrics: WorkerMetrics, checks: dict[str, Callable[[], bool]], host: str, port: int) -> None:
+    ``token`` is the token itself (``NLPKIT_METRICS_TOKEN``), ``token_file`` the path of a file
+    holding it (read here, once; surrounding whitespace stripped). Setting both, a file that
+    cannot be read or is empty, or a token that is not printable ASCII without spaces is a
+    one-line :class:`NlpkitError` naming the file, never showing the token.
+    """
+    if token and token_file:
+        raise NlpkitError("set NLPKIT_METRICS_TOKEN or a metrics token file, not both")
+    source = "NLPKIT_METRICS_TOKEN"
+    if token_file:
+        source = f"metrics token file {token_file}"
+        try:
+            token = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise NlpkitError(f"{source} cannot be read: {reason}") from None
+        if not token.strip():
+            raise NlpkitError(f"{source} is empty")
+    token = (token or "").strip()
+    if not token:
+        return None
+    if not (token.isascii() and token.isprintable()) or any(char.isspace() for char in token):
+        raise NlpkitError(f"the token from {source} must be printable ASCII without spaces")
+    return token
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+class MonitoringServer:
+    """``/metrics`` and ``/healthz`` on a background thread, behind a bearer token when given one."""
+
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        checks: dict[str, Callable[[], bool]],
+        host: str,
+        port: int,
+        token: str | None = None,
+    ) -> None:
         self.metrics = metrics
         self.checks = checks
+        self._token = token.encode("ascii") if token else None
         handler = self._handler()
         self.server = ThreadingHTTPServer((host, port), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="nlpkit-metrics", daemon=True)
@@ -122,12 +177,30 @@ class MonitoringServer:
 
     def start(self) -> MonitoringServer:
         self.thread.start()
-        log.info("metrics and health on http://%s:%d/metrics and /healthz", *self.address)
+        host, port = self.address
+        guarded = " (bearer token required)" if self._token else ""
+        log.info("metrics and health on http://%s:%d/metrics and /healthz%s", host, port, guarded)
+        if self._token is None and not is_loopback(host):
+            log.warning(
+                "metrics server on %s:%d is reachable beyond this host and requires no token; "
+                "set NLPKIT_METRICS_TOKEN or NLPKIT_METRICS_TOKEN_FILE to require one",
+                host,
+                port,
+            )
         return self
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries the token (always, without one)."""
+        if self._token is None:
+            return True
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode("latin-1", "replace"), self._token)
 
     def health(self) -> tuple[bool, dict[str, bool]]:
         results = {}
@@ -143,7 +216,12 @@ class MonitoringServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
-                if self.path == "/metrics":
+                if not server.authorized(self.headers.get("Authorization")):
+                    self.send_response(HTTPStatus.UNAUTHORIZED)
+                    self.send_header("WWW-Authenticate", "Bearer")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/metrics":
                     self._reply(HTTPStatus.OK, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
                     healthy, results = server.health()

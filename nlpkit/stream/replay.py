@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from nlpkit.store import Database, DeadLetterRow, as_utc
 from nlpkit.store.queries import mark_replayed
+from nlpkit.stream.decoding import MessageDecoder
 from nlpkit.stream.kafka_clients import produce
 from nlpkit.stream.processing import BatchProcessor, StandInMessage
 from nlpkit.stream.sinks.database import DatabaseSink
@@ -56,7 +57,10 @@ class DirectReplay:
 
 
 def process_directly(
-    database: Database, letters: Sequence[DeadLetterRow], engines: Mapping[str, Engine]
+    database: Database,
+    letters: Sequence[DeadLetterRow],
+    engines: Mapping[str, Engine],
+    decoder: MessageDecoder | None = None,
 ) -> DirectReplay:
     """Run dead letters through the worker's own processing now, as if Kafka had just delivered them.
 
@@ -64,7 +68,7 @@ def process_directly(
     offset) and its dead letter is marked replayed; one that fails again keeps (or updates)
     its dead letter, with the new reason, unmarked.
     """
-    processor = BatchProcessor(engines)
+    processor = BatchProcessor(engines, decoder=decoder)
     batch = processor.process([_as_message(letter) for letter in letters])
     DatabaseSink(database).write(batch, processor.models)
     fixed = {(row["source_topic"], row["source_partition"], row["source_offset"]) for row in batch.predictions}

@@ -24,12 +24,14 @@ def serve(
     hook: Any = None,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    metrics_token: str | None = None,
 ) -> WorkerStats:
     """Run a worker until SIGTERM/SIGINT (or ``config.max_messages``), reporting as it goes.
 
     Progress lines go to the ``nlpkit`` logger at INFO; librdkafka's own lines only once the
     broker has answered (before that, a failure to connect is reported as one clear error).
-    With ``metrics_port``, ``/metrics`` and ``/healthz`` are served for as long as it runs.
+    With ``metrics_port``, ``/metrics`` and ``/healthz`` are served for as long as it runs,
+    behind ``metrics_token`` when given (see :func:`nlpkit.stream.monitoring.read_metrics_token`).
     """
     metrics = WorkerMetrics() if metrics_port is not None else None
     worker = Worker(config, engines, database, hook=hook, metrics=metrics)
@@ -45,7 +47,7 @@ def serve(
             "database": database.reachable,
             "broker": metrics.broker_connected,
         }
-        server = MonitoringServer(metrics, checks, metrics_host, metrics_port).start()
+        server = MonitoringServer(metrics, checks, metrics_host, metrics_port, metrics_token).start()
     try:
         return worker.run()
     finally:

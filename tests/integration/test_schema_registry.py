@@ -70,8 +70,7 @@ def consume(bootstrap: str, topic: str, database, model_dir, count: int, registr
         bootstrap_servers=bootstrap,
         max_messages=count,
         schema_registry=registry_url,
-        fields={"text": "review.body"},
-        **settings,
+        **{"fields": {"text": "review.body"}, **settings},
     )
     return Worker(config, {"sentiment": Engine(load_task("sentiment", str(model_dir)))}, database).run()
 
@@ -196,3 +195,35 @@ def test_send_produces_avro_from_a_schema_file_that_consume_reads(
     listed = CliRunner().invoke(cli, ["results", "--topic", topic]).stdout.splitlines()
     assert [(row["record_id"], row["input_text"]) for row in map(json.loads, listed)] == REVIEWS
     assert all(json.loads(line)["schema_id"] is not None for line in listed)
+
+
+def test_replay_direct_reads_dead_letters_as_a_worker_told_the_right_fields_would(
+    kafka_broker, tmp_path, sentiment_model_dir, registry_url, monkeypatch
+):
+    bootstrap, topic = kafka_broker.bootstrap_servers, unique("replay-avro")
+    registry = registry_client(registry_url)
+    serializer = AvroSerializer(registry, json.dumps(REVIEW_AVRO))
+    context = SerializationContext(topic, MessageField.VALUE)
+    values = [serializer({"id": rid, "review": {"body": text}, "stars": 3}, context) for rid, text in REVIEWS]
+    create_topic(bootstrap, topic, partitions=1)
+    produce(bootstrap, topic, [(None, value) for value in values])
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    database = migrated(url)
+    # A worker started without the field map finds no text in these records.
+    consume(bootstrap, topic, database, sentiment_model_dir, len(values), registry_url, fields={})
+    assert {letter.reason for letter in rows(database)[1]} == {"missing field 'text'"}
+
+    monkeypatch.setenv("NLPKIT_DATABASE_URL", url)
+    replayed = CliRunner().invoke(
+        build_cli(),
+        ["dead-letters", "replay", "--all", "--direct", "--model", str(sentiment_model_dir),
+         "--schema-registry", registry_url, "--field", "text=review.body"],
+    )  # fmt: skip
+
+    assert replayed.exit_code == 0, replayed.output
+    predictions, letters = rows(database)
+    assert [(row.record_id, row.input_text, row.source_offset) for row in predictions] == [
+        (rid, text, offset) for offset, (rid, text) in enumerate(REVIEWS)
+    ]
+    assert all(letter.replayed_at is not None for letter in letters)
+    database.dispose()
