@@ -9,7 +9,7 @@ instead of duplicating: at-least-once delivery becomes an exactly-once effect.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,10 @@ class Database:
         return True
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply the migrations up to ``revision`` (the newest by default)."""
+        """Apply the migrations up to ``revision`` (the newest by default).
+
+        Like every first connection of the engine, it refuses a PostgreSQL database that is not
+        encoded UTF-8 (see :func:`make_engine`) before any migration runs."""
         migrations.upgrade(self.engine, revision)
 
     def check_schema(self) -> None:
@@ -89,7 +92,8 @@ class Database:
 
 
 def make_engine(url: str) -> Engine:
-    """An SQLAlchemy engine; SQLite gets WAL and a busy timeout so several workers can share it."""
+    """An SQLAlchemy engine; SQLite gets WAL and a busy timeout so several workers can share it,
+    PostgreSQL a check on its first connection that the database is encoded UTF-8."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -105,9 +109,38 @@ def make_engine(url: str) -> Engine:
     try:
         # A database that does not answer should fail a command (or a health check) in seconds, not hang it.
         timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
-        return create_engine(parsed, pool_pre_ping=True, connect_args=timeout)
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=timeout)
     except (SQLAlchemyError, ImportError) as exc:
         raise NlpkitError(f"cannot use database {redact_url(url)}: {exc}") from exc
+    if parsed.get_backend_name() == "postgresql":
+        # "first_connect" runs before SQLAlchemy's own first queries, which crash on a database
+        # whose text comes back as bytes (SQL_ASCII); once it has passed it never runs again.
+        event.listen(engine, "first_connect", _require_utf8(url))
+    return engine
+
+
+def _require_utf8(url: str) -> Callable[[Any, Any], None]:
+    """A listener refusing a PostgreSQL database not encoded UTF-8, with one line that says how to
+    make one that is (SQLite is always UTF-8)."""
+
+    def check(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SHOW server_encoding")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        connection.rollback()
+        encoding = row[0] if row else ""
+        encoding = encoding.decode("ascii", "replace") if isinstance(encoding, bytes) else str(encoding)
+        if encoding.upper().replace("-", "") != "UTF8":
+            raise NlpkitError(
+                f"database {redact_url(url)} is encoded {encoding or 'in an unknown encoding'}, not UTF-8: "
+                "nlpkit stores text in any language; create it with ENCODING 'UTF8' "
+                "(initdb --encoding=UTF8 or CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+            )
+
+    return check
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
