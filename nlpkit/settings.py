@@ -73,6 +73,18 @@ SETTINGS = {
             lambda: "127.0.0.1",
             "address the worker's metrics and health server binds to",
         ),
+        Setting(
+            "metrics_token",
+            "NLPKIT_METRICS_TOKEN",
+            lambda: "",
+            "bearer token the metrics and health server requires (none by default)",
+        ),
+        Setting(
+            "metrics_token_file",
+            "NLPKIT_METRICS_TOKEN_FILE",
+            lambda: "",
+            "file holding the bearer token the metrics and health server requires",
+        ),
     )
 }
 

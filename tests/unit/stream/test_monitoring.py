@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -10,12 +11,16 @@ import urllib.request
 import psutil
 import pytest
 
-from nlpkit.stream.monitoring import MonitoringServer, WorkerMetrics
+from nlpkit.errors import NlpkitError
+from nlpkit.stream.monitoring import MonitoringServer, WorkerMetrics, read_metrics_token
+
+TOKEN = "s3cr3t-metrics-token"
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -68,6 +73,89 @@ def test_lag_and_broker_state_come_from_librdkafka_statistics():
     }))  # fmt: skip
     assert metrics.broker_connected()
     assert metrics.lag.labels("reviews", "0")._value.get() == 42
+
+
+def healthy_server(token: str | None, host: str = "127.0.0.1") -> MonitoringServer:
+    checks = {"model_loaded": lambda: True, "database": lambda: True, "broker": lambda: True}
+    return MonitoringServer(WorkerMetrics(), checks, host, 0, token).start()
+
+
+def test_with_a_token_both_paths_answer_only_the_right_bearer(caplog):
+    caplog.set_level(logging.DEBUG)
+    server = healthy_server(TOKEN)
+    base = "http://{}:{}".format(*server.address)
+    try:
+        for path in ("/metrics", "/healthz"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert (refused.value.code, refused.value.headers["WWW-Authenticate"]) == (401, "Bearer")
+            assert refused.value.read() == b""
+            assert get(base + path, "wrong-token") == (401, "")
+            assert get(base + path, TOKEN[:-1]) == (401, "")
+            assert get(base + path, "") == (401, "")
+            status, body = get(base + path, TOKEN)
+            assert status == 200 and body
+        assert json.loads(get(f"{base}/healthz", TOKEN)[1]) == {"model_loaded": True, "database": True, "broker": True}
+        assert "nlpkit_predictions_stored" in get(f"{base}/metrics", TOKEN)[1]
+        basic = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Basic {TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(basic, timeout=10)
+    finally:
+        server.stop()
+    assert caplog.records and not any(TOKEN in record.getMessage() for record in caplog.records)
+
+
+def test_without_a_token_both_paths_answer_anyone_and_loopback_gives_no_warning(caplog):
+    server = healthy_server(None)
+    base = "http://{}:{}".format(*server.address)
+    try:
+        assert get(f"{base}/metrics")[0] == 200
+        assert get(f"{base}/healthz") == (200, json.dumps({"model_loaded": True, "database": True, "broker": True}))
+        assert get(f"{base}/healthz", "any-token")[0] == 200
+    finally:
+        server.stop()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_beyond_loopback_without_a_token_warns_once_and_with_one_stays_quiet(caplog):
+    caplog.set_level(logging.INFO, logger="nlpkit.stream.monitoring")
+    healthy_server(None, "0.0.0.0").stop()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "NLPKIT_METRICS_TOKEN" in warnings[0] and "\n" not in warnings[0]
+    caplog.clear()
+    healthy_server(TOKEN, "0.0.0.0").stop()
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not any(TOKEN in record.getMessage() for record in caplog.records)
+
+
+def test_the_token_comes_from_the_variable_or_a_file_stripped(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    assert read_metrics_token(None, str(path)) == TOKEN
+    assert read_metrics_token("", str(path)) == TOKEN
+    assert read_metrics_token(f"{TOKEN}\n", None) == TOKEN
+    assert read_metrics_token("", "") is None
+    assert read_metrics_token(None, None) is None
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n", b"\xff\xfe", "two x9secretx9"])
+def test_a_bad_token_file_is_one_line_naming_the_file(tmp_path, content):
+    path = tmp_path / "token"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(NlpkitError) as raised:
+        read_metrics_token(None, str(path))
+    message = str(raised.value)
+    assert str(path) in message and "\n" not in message and "x9secretx9" not in message
+
+
+def test_a_token_in_both_places_is_refused(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    with pytest.raises(NlpkitError, match="not both"):
+        read_metrics_token("other", str(path))
 
 
 @pytest.mark.integration
