@@ -221,7 +221,11 @@ def passed_headers(message: Incoming, names: Sequence[str]) -> dict[str, str] | 
     """The named headers of a message (the last value of each, as text), or None when it has none of them."""
     if not names:
         return None
-    found = {name: value.decode("utf-8", "replace") for name, value in message.headers() or () if name in names}
+    found = {
+        name: "" if value is None else value.decode("utf-8", "replace")  # Kafka allows a header without a value
+        for name, value in message.headers() or ()
+        if name in names
+    }
     return found or None
 
 

@@ -134,14 +134,18 @@ class Worker:
             progress=self._keep_alive,
             on_inference=self._observe_inference,
         )
-        self.database_sink = database and DatabaseSink(
-            database,
-            hook=hook,
-            retry_initial_s=config.retry_initial_s,
-            retry_max_s=config.retry_max_s,
-            wait=lambda seconds: self._keep_alive(wait=seconds),
-            stopping=lambda: self._stopping,
-            on_retry=metrics.database_retries.inc if metrics else None,
+        self.database_sink = (
+            None
+            if database is None
+            else DatabaseSink(
+                database,
+                hook=hook,
+                retry_initial_s=config.retry_initial_s,
+                retry_max_s=config.retry_max_s,
+                wait=lambda seconds: self._keep_alive(wait=seconds),
+                stopping=lambda: self._stopping,
+                on_retry=metrics.database_retries.inc if metrics else None,
+            )
         )
         encoder = ResultEncoder(config.output_format, registry=registry, schema_file=config.output_schema)
         # With a database: results and dead letters are copies, sent after the rows are stored.

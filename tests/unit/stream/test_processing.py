@@ -60,3 +60,14 @@ def test_each_task_is_reported_with_its_own_rows_and_model(tmp_path, database):
     assert reported["sentiment"].dead_letters == []
     assert [row["source_offset"] for row in batch.tombstones] == [3]
     assert all(stored.topic_offsets == {("reviews", 0): 5} for stored in recorder.batches)
+
+
+def test_passed_headers_are_the_named_ones_as_text_and_a_header_without_a_value_is_kept():
+    from nlpkit.stream.processing import passed_headers
+
+    traced = StandInMessage(
+        "t", 0, 0, None, b"x", 0, [("traceparent", b"00-ab-cd-01"), ("tracestate", None), ("secret", b"no")]
+    )
+    assert passed_headers(traced, ("traceparent", "tracestate")) == {"traceparent": "00-ab-cd-01", "tracestate": ""}
+    assert passed_headers(traced, ()) is None
+    assert passed_headers(message(0, b"plain"), ("traceparent",)) is None
