@@ -60,6 +60,12 @@ SETTINGS = {
             lambda: f"sqlite:///{Path(get('home')) / 'nlpkit.db'}",
             "SQLAlchemy URL of the database (SQLite file by default)",
         ),
+        Setting(
+            "models_dir",
+            "NLPKIT_MODELS_DIR",
+            lambda: str(Path(get("home")) / "models"),
+            "directory of trained models; the registry stores the locations of models inside it relative to it",
+        ),
         Setting("bootstrap_servers", "NLPKIT_BOOTSTRAP_SERVERS", lambda: "127.0.0.1:9092", "Kafka bootstrap servers"),
         Setting(
             "min_agreement",
@@ -143,8 +149,9 @@ def get_fraction(name: str, flag: str | None = None) -> float:
 
 
 def models_dir() -> Path:
-    """Where nlpkit writes the models it trains or converts, unless told otherwise."""
-    return Path(get("home")) / "models"
+    """Where nlpkit writes the models it trains or converts, unless told otherwise
+    (``$NLPKIT_MODELS_DIR``, default ``$NLPKIT_HOME/models``)."""
+    return Path(get("models_dir"))
 
 
 def kafka_settings() -> dict[str, tuple[str, str]]:

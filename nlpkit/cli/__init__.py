@@ -1,7 +1,9 @@
 """The ``nlpkit`` command line. Commands are thin: parse, call library code, print.
 
-Heavy modules (torch, transformers) are imported inside the commands that need them,
-so ``nlpkit --help`` and ``nlpkit plugins`` answer quickly.
+The top of the stack: it may import any package, and no package imports it (plugins reach
+the CLI state through ``nlpkit.CliState``/``nlpkit.pass_state``). Heavy modules (torch,
+transformers, the Kafka client, database drivers) are imported inside the commands that need
+them, so ``nlpkit --help`` and ``nlpkit plugins`` answer quickly.
 """
 
 from __future__ import annotations

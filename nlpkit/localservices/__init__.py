@@ -3,7 +3,8 @@
 Both run as ordinary child processes from files on this machine (Kafka jars fetched once
 with Maven, PostgreSQL from the distribution's packages), so no Docker is needed. The small
 helpers below are what the two services share: where to cache, picking ports, and telling
-whether a recorded pid is still the service it was.
+whether a recorded pid is still the service it was. Imports nothing of nlpkit but errors and
+system: the services know nothing of tasks, models or streams.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The model registry: models nlpkit produced or was told about, loadable by name (``database.models``)."""
+"""The model registry: models nlpkit produced or was told about, loadable by name (``database.models``).
+
+A model inside the models directory (``settings.models_dir()``: ``$NLPKIT_MODELS_DIR``, default
+``$NLPKIT_HOME/models``) is stored relative to it and found, when read, under the models directory
+in effect then: a container that mounts that directory elsewhere and sets NLPKIT_MODELS_DIR loads
+a model by the name registered on the host. A model kept anywhere else is stored by its absolute path.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from nlpkit import settings
 from nlpkit.store.tables import ModelRow, utcnow
 from nlpkit.store.writes import upsert
 
@@ -24,7 +31,7 @@ class ModelEntry:
 
     name: str
     task: str
-    path: Path
+    path: Path  # absolute: a location stored relative to the models directory is resolved against it
     revision: str
     base_model: str | None
     metrics: dict[str, Any] | None
@@ -66,7 +73,7 @@ class RegisteredModels:
         row = {
             "name": name,
             "task": task,
-            "path": str(Path(path).resolve()),
+            "path": _stored_path(Path(path)),
             "revision": revision,
             "base_model": base_model,
             "metrics": metrics,
@@ -104,11 +111,27 @@ class RegisteredModels:
         return entry.path if entry else None
 
 
+def _stored_path(path: Path) -> str:
+    """How the registry records a model's location: relative to the models directory (POSIX form)
+    when the model lies inside it, else absolute."""
+    resolved = path.resolve()
+    models = settings.models_dir().resolve()
+    if resolved != models and resolved.is_relative_to(models):
+        return resolved.relative_to(models).as_posix()
+    return str(resolved)
+
+
+def _located(stored: str) -> Path:
+    """The absolute location of a stored path: a relative one lies in the current models directory."""
+    path = Path(stored)
+    return path if path.is_absolute() else (settings.models_dir() / path).resolve()
+
+
 def _entry(row: ModelRow) -> ModelEntry:
     return ModelEntry(
         name=row.name,
         task=row.task,
-        path=Path(row.path),
+        path=_located(row.path),
         revision=row.revision,
         base_model=row.base_model,
         metrics=row.metrics,
