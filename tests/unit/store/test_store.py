@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from nlpkit.store import (
     Base,
     Database,
     DeadLetterRow,
+    ModelRow,
     PredictionRow,
     TrainingRunRow,
     migrated_database,
@@ -149,6 +151,71 @@ def test_model_registry_round_trip(database, tmp_path):
     assert database.models.remove("m") is True
     assert database.models.find("m") is None
     assert database.models.remove("m") is False
+
+
+def stored_model_path(database: Database, name: str) -> str:
+    """The ``models.path`` column as written, not as the registry resolves it."""
+    with database.engine.connect() as connection:
+        return connection.execute(text("SELECT path FROM models WHERE name = :name"), {"name": name}).scalar_one()
+
+
+def test_a_model_in_the_models_dir_is_stored_relative_and_found_where_that_dir_is_mounted(
+    database, nlpkit_home, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("NLPKIT_MODELS_DIR", raising=False)
+    model = nlpkit_home / "models" / "sentiment" / "sst2-minilm"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    database.models.register(name="sst2", task="sentiment", path=model, revision="r1")
+
+    assert stored_model_path(database, "sst2") == "sentiment/sst2-minilm"
+    assert database.models.path("sst2") == model.resolve()
+
+    mounted = tmp_path / "container" / "mnt" / "models"  # the same directory, mounted elsewhere
+    shutil.copytree(nlpkit_home / "models", mounted)
+    shutil.rmtree(nlpkit_home / "models")
+    monkeypatch.setenv("NLPKIT_MODELS_DIR", str(mounted))
+
+    [entry] = database.models.list("sentiment")
+    assert entry.path == (mounted / "sentiment" / "sst2-minilm").resolve()
+    assert (entry.path / "config.json").is_file()
+    assert database.models.find("sst2").as_dict()["path"] == str(entry.path)
+    assert database.models.path("sst2") == entry.path
+
+
+def test_a_model_outside_the_models_dir_is_stored_by_its_absolute_path(database, nlpkit_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("NLPKIT_MODELS_DIR", str(tmp_path / "models"))
+    elsewhere = tmp_path / "elsewhere" / "m"
+    elsewhere.mkdir(parents=True)
+    database.models.register(name="m", task="sentiment", path=elsewhere, revision="r1")
+
+    assert stored_model_path(database, "m") == str(elsewhere.resolve())
+    monkeypatch.setenv("NLPKIT_MODELS_DIR", str(tmp_path / "other-models"))
+    assert database.models.path("m") == elsewhere.resolve()
+
+
+def test_the_models_dir_itself_is_stored_by_its_absolute_path(database, tmp_path, monkeypatch):
+    monkeypatch.setenv("NLPKIT_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    database.models.register(name="m", task="sentiment", path=tmp_path / "models", revision="r1")
+    assert stored_model_path(database, "m") == str((tmp_path / "models").resolve())
+
+
+def test_a_row_written_with_an_absolute_path_inside_the_models_dir_still_resolves(
+    database, nlpkit_home, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("NLPKIT_MODELS_DIR", raising=False)
+    model = (nlpkit_home / "models" / "old").resolve()
+    model.mkdir(parents=True)
+    with database.engine.begin() as connection:  # as registries before relative paths wrote it
+        connection.execute(
+            ModelRow.__table__.insert(),
+            {"name": "old", "task": "sentiment", "path": str(model), "revision": "r0", "created_at": utcnow()},
+        )
+    monkeypatch.setenv("NLPKIT_MODELS_DIR", str(tmp_path / "mounted-elsewhere"))
+    assert database.models.path("old") == model
+    [entry] = database.models.list()
+    assert (entry.name, entry.path) == ("old", model)
 
 
 def test_training_runs_record_status_metrics_and_duration(database):
