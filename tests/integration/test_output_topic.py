@@ -138,13 +138,18 @@ def test_results_can_be_avro_records_of_a_registered_schema(kafka_broker, tmp_pa
     database.dispose()
 
 
-def killed_and_restarted(bootstrap, topic, group, url, model, extra, stored_so_far) -> None:
-    """A worker SIGKILLed mid-stream, then a second one run until the group's lag is 0."""
+def killed_and_restarted(bootstrap, topic, group, url, model, extra, stored_so_far, total: int) -> None:
+    """A worker SIGKILLed mid-stream (fewer than ``total`` results stored), then a second one run
+    until the group's lag is 0.
+
+    Right after the kill the group's committed offsets may not be readable: a transaction the
+    killed worker left open holds them until the broker times it out, so progress is judged
+    by what was stored, and the second worker is given time for that."""
     first = start_worker(topic, group, bootstrap, url, model, "--batch-size", "10", *extra)
     wait_for(lambda: stored_so_far() >= 100, 120, "the first results", [first])
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    assert not caught_up(bootstrap, group, topic, 2), "the worker finished before it was killed: this proves nothing"
+    assert stored_so_far() < total, "the worker finished before it was killed: this proves nothing"
     second = start_worker(topic, group, bootstrap, url, model, "--batch-size", "50", *extra)
     wait_for(lambda: caught_up(bootstrap, group, topic, 2), 180, "offsets to reach the end", [second])
     stop(second)
@@ -163,7 +168,7 @@ def test_killed_with_a_database_a_result_may_repeat_but_none_is_lost(kafka_broke
         with database.session() as session:
             return int(session.scalar(select(func.count()).select_from(PredictionRow)))
 
-    killed_and_restarted(bootstrap, topic, group, url, sentiment_model_dir, ["--output-topic", output], stored)
+    killed_and_restarted(bootstrap, topic, group, url, sentiment_model_dir, ["--output-topic", output], stored, 600)
 
     assert stored() == 600  # the database: exactly once
     ends = committed_and_end(bootstrap, group, topic, 2)[1]
@@ -187,7 +192,7 @@ def test_killed_without_a_database_each_result_is_seen_exactly_once(kafka_broker
         return len(read_topic(bootstrap, output, at_least=10**9, timeout=1))
 
     extra = ["--no-store", "--output-topic", output, "--dead-letter-topic", dead]
-    killed_and_restarted(bootstrap, topic, group, url, sentiment_model_dir, extra, committed_results)
+    killed_and_restarted(bootstrap, topic, group, url, sentiment_model_dir, extra, committed_results, 2940)
 
     results = source_offsets(read_topic(bootstrap, output, at_least=2940))
     letters = read_topic(bootstrap, dead, at_least=60)
