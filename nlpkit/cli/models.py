@@ -1,4 +1,4 @@
-"""``nlpkit models`` (convert, list, show, remove, quantize) and ``nlpkit runs``."""
+"""``nlpkit models`` (convert, list, show, remove, quantize, export, import) and ``nlpkit runs``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from nlpkit import settings
 from nlpkit.cli.common import (
     CliState,
     NlpkitGroup,
@@ -99,6 +100,69 @@ def models_remove(state: CliState, name: str) -> None:
     if not state.database().models.remove(name):
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
     stderr.print(f"removed '{name}' from the registry")
+
+
+@models.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def models_export(state: CliState, name: str, file: Path) -> None:
+    """Write the registered model NAME to FILE (.tar.gz): its files, what the registry knows, the
+    training run's parameters and a Hugging Face model card; `nlpkit models import` reads it."""
+    from nlpkit.models.archive import ModelDescription, export_model
+
+    database = state.database()
+    entry = database.models.find(name)
+    if entry is None:
+        raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
+    if not entry.path.is_dir():
+        raise NlpkitError(f"model '{name}' is registered at {entry.path}, but that directory is gone")
+    run = database.runs.find(entry.training_run_id) if entry.training_run_id else None
+    description = ModelDescription(
+        name=entry.name,
+        task=entry.task,
+        revision=entry.revision,
+        base_model=entry.base_model,
+        metrics=entry.metrics,
+        training_run=run.as_dict() if run else None,
+    )
+    export_model(entry.path, description, file)
+    stderr.print(f"exported '{name}' (revision {entry.revision}) to {file} ({file.stat().st_size / 1e6:.1f} MB)")
+
+
+@models.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", help="Register under this name [the name it was exported under].")
+@click.option("--replace", is_flag=True, help="Overwrite a model of that name with other weights.")
+@pass_state
+def models_import(state: CliState, file: Path, name: str | None, replace: bool) -> None:
+    """Unpack an archive from `nlpkit models export` into the models directory and register it.
+
+    Importing the same archive again changes nothing, so a deployment can run it at every start.
+    """
+    from nlpkit.models.archive import install_model, read_archive
+
+    model = read_archive(file)["model"]
+    database = state.database()
+    name = name or model["name"]
+    registered = database.models.find(name)
+    if registered is not None and registered.revision != model["revision"] and not replace:
+        raise NlpkitError(
+            f"'{name}' is registered with revision {registered.revision}; pass --replace to point it at "
+            f"revision {model['revision']}, or --name to import under another name"
+        )
+    target = settings.models_dir() / name
+    _, written = install_model(file, target, replace=replace)
+    database.models.register(
+        name=name,
+        task=model["task"],
+        path=target,
+        revision=model["revision"],
+        base_model=model["base_model"],
+        metrics=model["metrics"],
+    )
+    action = "imported" if written else "already present, registered"
+    stderr.print(f"{action} '{name}' ({model['task']}, revision {model['revision']}) at {target}")
 
 
 @click.group(cls=NlpkitGroup)
