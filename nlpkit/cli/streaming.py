@@ -276,16 +276,20 @@ def topics() -> None:
 
 
 @topics.command("create")
-@click.argument("name")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
 @click.option("--partitions", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--replication-factor", default=1, show_default=True, type=click.IntRange(min=1))
 @bootstrap_option
-def topics_create(name: str, partitions: int, replication_factor: int, bootstrap_servers: str | None) -> None:
-    """Create a topic (does nothing if it exists)."""
+def topics_create(
+    names: tuple[str, ...], partitions: int, replication_factor: int, bootstrap_servers: str | None
+) -> None:
+    """Create topics (each one that exists is left as it is)."""
     from nlpkit.stream.kafka_clients import create_topic
 
-    created = create_topic(settings.get("bootstrap_servers", bootstrap_servers), name, partitions, replication_factor)
-    stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
+    servers = settings.get("bootstrap_servers", bootstrap_servers)
+    for name in names:
+        created = create_topic(servers, name, partitions, replication_factor)
+        stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
 
 
 @topics.command("list")
