@@ -23,7 +23,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import click
@@ -587,7 +587,9 @@ def unknown_variables(names: set[str]) -> set[str]:
     return {
         name
         for name in names
-        if name not in READ_BY_NLPKIT and name not in OTHER_READERS and not name.startswith(settings.KAFKA_ENV_PREFIX)
+        if name not in READ_BY_NLPKIT
+        and name not in OTHER_READERS
+        and not name.startswith((settings.KAFKA_ENV_PREFIX, settings.SCHEMA_REGISTRY_ENV_PREFIX))
     }
 
 
@@ -763,14 +765,13 @@ def test_the_grace_resource_and_probe_checks_can_fail(plain: list[dict[str, Any]
 
 
 def test_the_model_is_on_the_claim_mounted_read_only(plain: list[dict[str, Any]]) -> None:
+    # The worker loads a registered name; its files lie in the models directory, which is the claim.
     (model,) = worker_params(plain)["models"]
+    assert "/" not in model, "a path would bypass the registry that `nlpkit models import` fills"
+    models_dir = environment(plain, worker_container(plain))["NLPKIT_MODELS_DIR"]
     spec = pod_template(plain)["spec"]
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
-    mounts = [
-        mount
-        for mount in worker_container(plain)["volumeMounts"]
-        if PurePosixPath(model).is_relative_to(mount["mountPath"])
-    ]
+    mounts = [mount for mount in worker_container(plain)["volumeMounts"] if mount["mountPath"] == models_dir]
     assert len(mounts) == 1 and mounts[0]["readOnly"], mounts
     claim = volumes[mounts[0]["name"]]["persistentVolumeClaim"]
     assert claim["readOnly"]
@@ -782,6 +783,9 @@ def test_the_model_is_on_the_claim_mounted_read_only(plain: list[dict[str, Any]]
     (loader_mount,) = loader()["spec"]["containers"][0]["volumeMounts"]
     assert loader_volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert loader_mount["mountPath"] == mounts[0]["mountPath"] and not loader_mount.get("readOnly")
+    # ... with the workers' settings, so it registers in their database under their models directory.
+    (loader_container,) = loader()["spec"]["containers"]
+    assert loader_container["envFrom"] == worker_container(plain)["envFrom"]
 
 
 def test_the_worker_scales_through_keda_alone(plain: list[dict[str, Any]]) -> None:
@@ -854,7 +858,8 @@ def test_keda_watches_the_worker_group_on_the_created_topic(rendered: list[dict[
     metadata = trigger["metadata"]
     params = worker_params(rendered)
     assert metadata["consumerGroup"] == params["group"]
-    assert (metadata["topic"],) == params["topics"] == (created_topic(rendered)["name"],)
+    assert (metadata["topic"],) == params["topics"] == created_topic(rendered)["names"][:1]
+    assert params["output_topic"] in created_topic(rendered)["names"]
     # The same brokers: KEDA resolves the worker's own variable.
     assert "bootstrapServers" not in metadata
     assert metadata["bootstrapServersFromEnv"] in environment(rendered, worker_container(rendered))

@@ -107,8 +107,10 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def command(service: dict[str, Any]) -> list[str]:
+    """The service's command as compose runs it when no variable is set (``${NAME:-default}`` -> default)."""
     raw = service["command"]
-    return shlex.split(raw) if isinstance(raw, str) else [str(item) for item in raw]
+    items = shlex.split(raw) if isinstance(raw, str) else [str(item) for item in raw]
+    return [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", item) for item in items]
 
 
 def nlpkit_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -233,7 +235,9 @@ def unknown_nlpkit_variables(names: set[str]) -> set[str]:
     return {
         name
         for name in names
-        if name.startswith("NLPKIT_") and name not in READ_BY_NLPKIT and not name.startswith(settings.KAFKA_ENV_PREFIX)
+        if name.startswith("NLPKIT_")
+        and name not in READ_BY_NLPKIT
+        and not name.startswith((settings.KAFKA_ENV_PREFIX, settings.SCHEMA_REGISTRY_ENV_PREFIX))
     }
 
 
@@ -253,7 +257,7 @@ def test_every_nlpkit_variable_set_is_one_nlpkit_reads(compose: dict[str, Any]) 
 
 def test_every_nlpkit_service_runs_a_command_the_cli_accepts(compose: dict[str, Any]) -> None:
     paths = {name: parse_cli(command(service))[0] for name, service in nlpkit_services(compose).items()}
-    assert paths == {"migrate": "db upgrade", "topics": "topics create", "worker": "consume"}
+    assert paths == {"migrate": "db upgrade", "models": "models import", "topics": "topics create", "worker": "consume"}
 
 
 def test_the_worker_serves_health_where_the_image_checks_it(compose: dict[str, Any]) -> None:
@@ -274,16 +278,27 @@ def test_workers_share_one_group_on_the_topic_that_is_created(compose: dict[str,
     _, created = parse_cli(command(compose["services"]["topics"]))
     assert worker["group"] == "nlpkit-sentiment"
     assert worker["tasks"] == ("sentiment",)
-    assert worker["topics"] == (created.params["name"],)
+    assert worker["topics"] == created.params["names"][:1]
+    assert worker["output_topic"] in created.params["names"]
     # Kafka gives each partition to one member of the group: fewer partitions than workers leaves some idle.
     assert created.params["partitions"] >= compose["services"]["worker"]["deploy"]["replicas"]
 
 
-def test_the_worker_model_is_on_a_read_only_mount(compose: dict[str, Any]) -> None:
+def test_workers_load_by_name_the_model_the_models_service_imports(compose: dict[str, Any]) -> None:
+    services = compose["services"]
     (model,) = worker_params(compose)["models"]
-    mounts = compose["services"]["worker"]["volumes"]
-    read_only = [mount["target"] for mount in mounts if isinstance(mount, dict) and mount.get("read_only")]
-    assert any(PurePosixPath(model).is_relative_to(target) for target in read_only), (model, mounts)
+    path, imported = parse_cli(command(services["models"]))
+    assert imported.params["name"] == model and "/" not in model
+    # The archive comes from the bind mount; the files go to the models volume, the models directory.
+    (archive_mount,) = [mount for mount in services["models"]["volumes"] if isinstance(mount, dict)]
+    assert archive_mount["read_only"] and PurePosixPath(str(imported.params["file"])).is_relative_to(
+        archive_mount["target"]
+    )
+    models_dir = image_env()["NLPKIT_MODELS_DIR"]
+    assert f"models:{models_dir}" in services["models"]["volumes"]
+    (worker_mount,) = services["worker"]["volumes"]
+    assert (worker_mount["source"], worker_mount["target"], worker_mount["read_only"]) == ("models", models_dir, True)
+    assert "models" in compose["volumes"]
 
 
 def test_bootstrap_servers_name_a_listener_kafka_advertises(compose: dict[str, Any]) -> None:
@@ -325,8 +340,10 @@ def test_services_start_in_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["models"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     worker = services["worker"]["depends_on"]
     assert worker["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["models"]["condition"] == "service_completed_successfully"
     assert worker["topics"]["condition"] == "service_completed_successfully"
     assert worker["kafka"]["condition"] == "service_healthy"
     for one_shot in ("migrate", "topics"):
