@@ -16,6 +16,7 @@ from rich.table import Table
 from nlpkit import settings
 from nlpkit.cli.common import MOMENT, CliState, NlpkitGroup, bootstrap_option, decoding_options, one_line, pass_state
 from nlpkit.errors import NlpkitError
+from nlpkit.stream.messages import bytes_as_json
 
 stderr = Console(stderr=True)
 
@@ -187,6 +188,11 @@ def dead_letters_show(state: CliState, letter_id: int, shown_bytes: int, as_json
 @click.option("--to-topic", metavar="TOPIC", help="Send to TOPIC instead of each message's own topic.")
 @click.option("--direct", is_flag=True, help="Process them here and now instead of re-sending them to Kafka.")
 @click.option("--model", help="With --direct: the model to use [newest registered for the task].")
+@click.option(
+    "--output-topic",
+    metavar="TOPIC",
+    help="With --direct: also produce each new result to TOPIC, as `consume --output-topic` does.",
+)
 @decoding_options
 @click.option("--again", is_flag=True, help="Include dead letters that were replayed before.")
 @click.option("--dry-run", is_flag=True, help="List what would be replayed and stop.")
@@ -199,6 +205,7 @@ def dead_letters_replay(
     to_topic: str | None,
     direct: bool,
     model: str | None,
+    output_topic: str | None,
     again: bool,
     dry_run: bool,
     bootstrap_servers: str | None,
@@ -214,7 +221,8 @@ def dead_letters_replay(
     the original topic/partition/offset; the workers then process them as new messages.
     With --direct they are processed here instead, read as the worker read them (the same
     --value-format, --schema-registry and --field), their predictions stored under their
-    original offsets; those that fail again stay dead letters, with the new reason.
+    original offsets (and, with --output-topic, produced there); those that fail again stay
+    dead letters, with the new reason.
     """
     from nlpkit.store.queries import DeadLetterFilter
     from nlpkit.store.queries import dead_letters as read
@@ -222,6 +230,8 @@ def dead_letters_replay(
 
     if not ids and not replay_all:
         raise click.UsageError("name dead letters by ID, or pass --all (with filters) to replay every match")
+    if output_topic and not direct:
+        raise click.UsageError("--output-topic goes with --direct (re-sent messages reach the workers' output topic)")
     database = state.database()
     letters = read(database, DeadLetterFilter(ids=ids, replayed=None if again or ids else False, **filters))
     missing = sorted(set(ids) - {letter.id for letter in letters})
@@ -241,14 +251,26 @@ def dead_letters_replay(
             fields=parse_field_map(fields),
             registry=configured_registry(schema_registry),
         )
-        outcome = _replay_directly(database, letters, model, decoder)
-        stderr.print(f"replayed {len(letters)}: {outcome.stored} stored, {outcome.still_dead} still dead letters")
+        output = None
+        if output_topic:
+            from nlpkit.stream.sinks.output_topic import OutputTopic, ResultEncoder
+
+            output = OutputTopic(output_topic, settings.get("bootstrap_servers", bootstrap_servers), ResultEncoder())
+        try:
+            outcome = _replay_directly(database, letters, model, decoder, output)
+        finally:
+            if output is not None:
+                output.close()
+        produced = f", produced to '{output_topic}'" if output_topic else ""
+        stderr.print(
+            f"replayed {len(letters)}: {outcome.stored} stored{produced}, {outcome.still_dead} still dead letters"
+        )
         return
     sent = resend(database, letters, settings.get("bootstrap_servers", bootstrap_servers), topic=to_topic)
     stderr.print(f"replayed {sent} dead letter(s)" + (f" to '{to_topic}'" if to_topic else " to their topics"))
 
 
-def _replay_directly(database: Any, letters: list[Any], model: str | None, decoder: Any) -> Any:
+def _replay_directly(database: Any, letters: list[Any], model: str | None, decoder: Any, output: Any) -> Any:
     from nlpkit.inference.engine import Engine
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.stream.replay import process_directly
@@ -258,7 +280,7 @@ def _replay_directly(database: Any, letters: list[Any], model: str | None, decod
         raise NlpkitError(f"these dead letters span several tasks ({', '.join(tasks)}); pick one with --task")
     registry = ModelRegistry(database)
     engines = {task: Engine(load_task(task, model, registry=registry)) for task in tasks}
-    return process_directly(database, letters, engines, decoder)
+    return process_directly(database, letters, engines, decoder, output)
 
 
 def _one_letter(state: CliState, letter_id: int) -> Any:
@@ -288,7 +310,7 @@ def _letter_dict(letter: Any) -> dict[str, Any]:
         "topic": letter.source_topic,
         "partition": letter.source_partition,
         "offset": letter.source_offset,
-        "key": exported_key(letter.source_key),
+        "key": bytes_as_json(letter.source_key),
         "raw_text": None if raw is None else raw.decode("utf-8", "backslashreplace"),
         "raw_base64": None if raw is None else base64.b64encode(raw).decode("ascii"),
         "message_timestamp": _iso(letter.message_timestamp),
@@ -367,23 +389,10 @@ def _write_rows(stream: Any, output_format: str, rows: Iterable[dict[str, Any]])
         if writer:
             writer.writerow({name: _cell(value) for name, value in row.items()} | {"source_key": text})
         else:
-            row["source_key"] = exported_key(row["source_key"])
+            row["source_key"] = bytes_as_json(row["source_key"])
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         written += 1
     return written
-
-
-def exported_key(key: bytes | None) -> str | dict[str, str] | None:
-    """A Kafka key in JSON: its text where it is text (UTF-8 without NUL), else ``{"base64": ...}``,
-    a marker no text key can be mistaken for, so binary keys come back byte for byte."""
-    import base64
-
-    from nlpkit.stream.messages import key_text
-
-    if key is None:
-        return None
-    text = key_text(key)
-    return text if text is not None else {"base64": base64.b64encode(key).decode("ascii")}
 
 
 def _cell(value: Any) -> Any:

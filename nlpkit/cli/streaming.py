@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from nlpkit.cli.common import (
     options_by_task,
     pass_state,
 )
-from nlpkit.stream.messages import DEFAULT_PASS_HEADERS
+from nlpkit.stream.messages import DEFAULT_PASS_HEADERS, bytes_as_json
 
 if TYPE_CHECKING:
     from nlpkit.stream.worker import WorkerConfig
@@ -290,6 +291,29 @@ def topics_create(
     for name in names:
         created = create_topic(servers, name, partitions, replication_factor)
         stderr.print(f"created topic '{name}' with {partitions} partition(s)" if created else f"topic '{name}' exists")
+
+
+@topics.command("read")
+@click.argument("name")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=1), help="At most this many messages.")
+@bootstrap_option
+def topics_read(name: str, limit: int, bootstrap_servers: str | None) -> None:
+    """Print a topic's first messages as JSON lines (key, headers, value), joining no group.
+
+    A value that is JSON is printed as JSON, other text as text, anything else as
+    {"base64": ...}; keys and headers as `nlpkit results` exports keys.
+    """
+    from nlpkit.stream.kafka_clients import read_topic
+
+    for message in read_topic(settings.get("bootstrap_servers", bootstrap_servers), name, limit):
+        shown = {
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "key": bytes_as_json(message.key()),
+            "headers": {key: bytes_as_json(value) for key, value in message.headers() or []},
+            "value": bytes_as_json(message.value(), parse_json=True),
+        }
+        click.echo(json.dumps(shown, ensure_ascii=False))
 
 
 @topics.command("list")

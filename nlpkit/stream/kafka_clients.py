@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from nlpkit import settings
@@ -100,6 +101,34 @@ def list_topics(bootstrap_servers: str) -> dict[str, int]:
     """Topic name -> partition count, leaving out Kafka's internal topics."""
     metadata = admin_client(bootstrap_servers).list_topics(timeout=10)
     return {name: len(topic.partitions) for name, topic in sorted(metadata.topics.items()) if not name.startswith("__")}
+
+
+def read_topic(bootstrap_servers: str, name: str, limit: int, timeout: float = 10.0) -> list[Message]:
+    """Up to ``limit`` committed messages of topic ``name``, from the start of each partition.
+
+    Reads without joining a group or committing anything, so looking at a topic (the results
+    a worker produced, say) leaves every consumer group as it was.
+    """
+    config = client_config(bootstrap_servers, **{"group.id": "nlpkit-topics-read", "enable.partition.eof": True})
+    consumer = new_client(Consumer, config)
+    try:
+        topic = cluster_metadata(consumer, bootstrap_servers).topics.get(name)
+        if topic is None or topic.error is not None:
+            raise NlpkitError(f"no topic '{name}' at {bootstrap_servers}; see `nlpkit topics list`")
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout) for p in topic.partitions}
+        pending = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(name, p, ends[p][0]) for p in pending])
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and len(messages) < limit and time.monotonic() < deadline:
+            for message in consumer.consume(min(500, limit - len(messages)), timeout=0.5):
+                if message.error() is None:
+                    messages.append(message)
+                elif message.error().code() == KafkaError._PARTITION_EOF:  # past the end (and any markers)
+                    pending.discard(message.partition())
+        return messages[:limit]
+    finally:
+        consumer.close()
 
 
 def file_messages(

@@ -15,6 +15,7 @@ every failure is a :class:`Rejected` whose reason ends up on a dead letter.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -116,3 +117,20 @@ def key_text(key: bytes | None) -> str | None:
         return key.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def bytes_as_json(raw: bytes | None, *, parse_json: bool = False) -> Any:
+    """Kafka bytes (a key, a header, a value) in JSON: the text where they are text (UTF-8 without
+    NUL; with ``parse_json``, the JSON it holds), else ``{"base64": ...}``, a marker no text can be
+    mistaken for, so binary bytes come back byte for byte."""
+    if raw is None:
+        return None
+    text = key_text(raw)
+    if text is None:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+    if parse_json:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text

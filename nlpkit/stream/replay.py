@@ -23,6 +23,7 @@ from nlpkit.stream.sinks.database import DatabaseSink
 
 if TYPE_CHECKING:
     from nlpkit.inference.engine import Engine
+    from nlpkit.stream.sinks.output_topic import OutputTopic
 
 REPLAY_HEADER = "nlpkit.replay-of"
 
@@ -61,16 +62,20 @@ def process_directly(
     letters: Sequence[DeadLetterRow],
     engines: Mapping[str, Engine],
     decoder: MessageDecoder | None = None,
+    output: OutputTopic | None = None,
 ) -> DirectReplay:
     """Run dead letters through the worker's own processing now, as if Kafka had just delivered them.
 
     A message that now succeeds gets its prediction under its original (topic, partition,
     offset) and its dead letter is marked replayed; one that fails again keeps (or updates)
-    its dead letter, with the new reason, unmarked.
+    its dead letter, with the new reason, unmarked. With ``output``, the new results are produced
+    there after the database transaction, as a worker with an output topic does.
     """
     processor = BatchProcessor(engines, decoder=decoder)
     batch = processor.process([_as_message(letter) for letter in letters])
     DatabaseSink(database).write(batch, processor.models)
+    if output is not None:
+        output.publish(batch)
     fixed = {(row["source_topic"], row["source_partition"], row["source_offset"]) for row in batch.predictions}
     mark_replayed(database, [letter.id for letter in letters if _key(letter) in fixed])
     return DirectReplay(stored=len(batch.predictions), still_dead=len(batch.dead_letters))

@@ -187,9 +187,29 @@ def test_dead_letters_replayed_directly_are_stored_under_their_original_offsets(
         "replayed_at": None,
     }
     database.write_batch([], [recovered])
-    result = nlpkit("dead-letters", "replay", "--all", "--direct", "--model", str(sentiment_model_dir))
+    results = unique("replayed-results")
+    create_topic(consumed["bootstrap"], results, partitions=1)
+    result = nlpkit(
+        "dead-letters", "replay", "--all", "--direct", "--model", str(sentiment_model_dir), "--output-topic", results
+    )
     assert result.exit_code == 0, result.output
-    assert f"replayed {len(BAD) + 1}: 1 stored, {len(BAD)} still dead letters" in result.stderr
+    said = " ".join(result.stderr.split())  # rich wraps long lines
+    assert f"replayed {len(BAD) + 1}: 1 stored, produced to '{results}', {len(BAD)} still dead letters" in said
+    # The new result went out as a worker with --output-topic sends it: source key, source coordinates.
+    consumer = Consumer(
+        {"bootstrap.servers": consumed["bootstrap"], "group.id": unique("check"), "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([results])
+    produced = []
+    for _ in range(30):
+        produced += [message for message in consumer.consume(10, timeout=1) if message.error() is None]
+        if produced:
+            break
+    consumer.close()
+    (message,) = produced
+    headers = dict(message.headers())
+    assert message.key() == b"late" and json.loads(message.value())["label"] in ("negative", "positive")
+    assert (headers["nlpkit.source.topic"], headers["nlpkit.source.offset"]) == (topic.encode(), b"10000")
     with database.session() as session:
         row = session.query(PredictionRow).filter_by(record_id="late").one()
         letters = {letter.source_offset: letter for letter in session.query(DeadLetterRow)}
@@ -197,3 +217,33 @@ def test_dead_letters_replayed_directly_are_stored_under_their_original_offsets(
     assert row.input_text == "a fine film after all"
     assert letters[10_000].replayed_at is not None
     assert [letter.replayed_at for offset, letter in letters.items() if offset != 10_000] == [None] * len(BAD)
+
+
+def test_topics_read_shows_keys_headers_and_values_faithfully_and_joins_no_group(kafka_broker, monkeypatch):
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = unique("read")
+    create_topic(bootstrap, topic, partitions=2)
+    binary_key = b"\x00\x00\x00\x00\x07\xff"  # a Schema-Registry-framed key: not text
+    produce(bootstrap, topic, [(b"k1", b'{"label": "positive"}'), (binary_key, b"plain text"), (b"k3", b"\xff\xfe")])
+    monkeypatch.setenv("NLPKIT_BOOTSTRAP_SERVERS", bootstrap)
+
+    result = nlpkit("topics", "read", topic, "--limit", "10")
+    assert result.exit_code == 0, result.output
+    shown = sorted((json.loads(line) for line in result.stdout.splitlines()), key=lambda item: str(item["key"]))
+    assert [(item["key"], item["value"]) for item in shown] == [
+        ("k1", {"label": "positive"}),
+        ("k3", {"base64": base64.b64encode(b"\xff\xfe").decode()}),
+        ({"base64": base64.b64encode(binary_key).decode()}, "plain text"),
+    ]
+    assert nlpkit("topics", "read", topic, "--limit", "1").stdout.count("\n") == 1
+    groups = [group.group_id for group in admin_groups(bootstrap)]
+    assert "nlpkit-topics-read" not in groups  # it read without joining (or committing to) a group
+
+    missing = CliRunner().invoke(build_cli(), ["topics", "read", unique("nope")])
+    assert missing.exit_code == 1 and "no topic" in missing.stderr
+
+
+def admin_groups(bootstrap: str) -> list:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap}).list_consumer_groups().result(timeout=10).valid
