@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
@@ -118,8 +119,9 @@ def full_sentences(train_tsv: Path) -> Path:
 
 def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    topic, group = f"demo-reviews-{stamp}", f"demo-{stamp}"
+    topic, group, results = f"demo-reviews-{stamp}", f"demo-{stamp}", f"demo-sentiments-{stamp}"
     create_topic(bootstrap, topic, partitions=2)
+    create_topic(bootstrap, results, partitions=2)
     messages = file_messages(imdb, sample=SAMPLE_SIZE, seed=SAMPLE_SEED)
     gold = {key.decode(): "positive" if json.loads(value)["label"] == 1 else "negative" for key, value in messages}
 
@@ -128,7 +130,7 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> int:
     with log_path.open("w") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "nlpkit", "consume", "--topic", topic, "--task", "sentiment",
-             "--model", MODEL_NAME, "--group", group, "--bootstrap-servers", bootstrap],
+             "--model", MODEL_NAME, "--group", group, "--bootstrap-servers", bootstrap, "--output-topic", results],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -147,7 +149,8 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> int:
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
-    summarize(database, topic, gold, sent_at)
+    summarize(database, topic, gold, sent_at, results_on_topic(bootstrap, results))
+    print_next_steps(bootstrap, topic, results)
     return 0
 
 
@@ -170,7 +173,35 @@ def stored_count(database: Database, topic: str) -> int:
     return sum(database.count(row_class, source_topic=topic) for row_class in (PredictionRow, DeadLetterRow))
 
 
-def summarize(database: Database, topic: str, gold: dict[str, str], sent_at: float) -> None:
+def results_on_topic(bootstrap: str, topic: str) -> int:
+    """How many result messages the worker produced to its output topic."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            high - low
+            for low, high in (consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions)
+        )
+    finally:
+        consumer.close()
+
+
+def print_next_steps(bootstrap: str, topic: str, results: str) -> None:
+    """What to run next, with this run's names filled in."""
+    nlpkit = ".venv/bin/nlpkit"
+    steps = [
+        (f"{nlpkit} status", "lag per partition, rows per task, registered models"),
+        (f"{nlpkit} results --topic {topic} --limit 5", "the stored predictions, as JSON lines"),
+        (f"{nlpkit} topics read {results} --limit 5 --bootstrap-servers {bootstrap}", "the same results, on a topic"),
+        (f'{nlpkit} predict sentiment --model {MODEL_NAME} "I loved every minute"', "one review, right now"),
+    ]
+    table = Table("run", "to see", title="Next", title_justify="left", show_edge=False)
+    for command, what in steps:
+        table.add_row(command, what)
+    console.print(table)
+
+
+def summarize(database: Database, topic: str, gold: dict[str, str], sent_at: float, produced: int) -> None:
     with database.session() as session:
         rows = session.execute(
             select(PredictionRow.record_id, PredictionRow.label, PredictionRow.message_timestamp,
@@ -191,6 +222,7 @@ def summarize(database: Database, topic: str, gold: dict[str, str], sent_at: flo
     table = Table(title=f"1,000 IMDb reviews through Kafka into {database.engine.dialect.name}", show_header=False)
     table.add_row("rows stored", f"{len(rows):,}")
     table.add_row("dead letters", f"{dead:,}")
+    table.add_row("results on the output topic", f"{produced:,}")
     for label, count in sorted(labels.items()):
         table.add_row(f"predicted {label}", f"{count:,}")
     table.add_row("agreement with IMDb labels", f"{agreement:.1%}")
