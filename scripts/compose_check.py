@@ -137,15 +137,9 @@ def build_standin(kind: str, name: str) -> None:
 def import_root_filesystem(tag: str, packages: list[str]) -> None:
     """A minimal Debian 12 root filesystem from this machine's own apt sources, imported as ``tag``."""
     if shutil.which("mmdebstrap") is None:
-        run(
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "mmdebstrap",
-            capture=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+        apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", "update", "-qq", capture=True, env=apt)
+        run("apt-get", "install", "-y", "-qq", "mmdebstrap", capture=True, env=apt)
     sources = next(
         (
             path
