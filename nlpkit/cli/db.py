@@ -29,7 +29,9 @@ def db_upgrade(state: CliState, revision: str) -> None:
 
     database = state.database(check=False)
     database.upgrade(revision)
-    stderr.print(f"{redact_url(database.url)} is at revision {migrations.current_revision(database.engine)}")
+    now_at = migrations.current_revision(database.engine)
+    # soft_wrap: one line however long the URL (sslrootcert=...), not cut at the console's width.
+    stderr.print(f"{redact_url(database.url)} is at revision {now_at}", soft_wrap=True)
 
 
 @db.command("downgrade")

@@ -22,6 +22,7 @@ import signal
 import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -159,16 +160,34 @@ def _give_to(path: Path, account: pwd.struct_passwd | None) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
 
+def _literal(path: Path) -> str:
+    """A path as a quoted string in postgresql.conf."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The certificate (PEM, its chain after it) and private key the server presents to TLS clients.
+
+    With them, TCP connections must use TLS and a password (``hostssl ... scram-sha-256`` is the
+    only TCP line of pg_hba.conf), so a plain connection is refused; the unix socket still trusts.
+    """
+
+    certificate: Path
+    key: Path
+
+
 class PostgresServer:
     """One PostgreSQL cluster in ``data_dir``: ``pgdata/`` (the cluster), the socket, the log and our state.
 
-    The superuser is ``nlpkit``/``nlpkit``; TCP connections use scram-sha-256 and the unix socket
-    (reachable only by the data directory's owner) trusts its callers.
+    The superuser is ``nlpkit``/``nlpkit``; TCP connections use scram-sha-256 (and TLS only, given
+    ``tls``) and the unix socket (reachable only by the data directory's owner) trusts its callers.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, tls: ServerTls | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_ports(1)[0]
+        self.tls = tls
 
     @property
     def url(self) -> str:
@@ -324,18 +343,37 @@ class PostgresServer:
             conf.write("\ninclude 'nlpkit.conf'\n")
 
     def _write_settings(self, account: pwd.struct_passwd | None) -> None:
-        """Rewritten at each start so the port can change; light settings for small machines."""
-        socket_dir = str(self.data_dir).replace("'", "''")
-        settings = self.pgdata / "nlpkit.conf"
-        settings.write_text(
+        """Rewritten at each start so the port (and TLS) can change; light settings for small machines."""
+        text = (
             "# Written by nlpkit.localservices.postgres at each start.\n"
             "listen_addresses = '127.0.0.1'\n"
             f"port = {self.port}\n"
-            f"unix_socket_directories = '{socket_dir}'\n"
+            f"unix_socket_directories = {_literal(self.data_dir)}\n"
             "max_connections = 100\n"
             "shared_buffers = 32MB\n"
         )
+        if self.tls is not None:
+            text += self._tls_settings(self.tls, account)
+        settings = self.pgdata / "nlpkit.conf"
+        settings.write_text(text)
         _give_to(settings, account)
+
+    def _tls_settings(self, tls: ServerTls, account: pwd.struct_passwd | None) -> str:
+        """Copies of the certificate and key that the server's account owns (the key mode 0600, or
+        PostgreSQL refuses it), and a pg_hba.conf of ours whose only TCP line is hostssl."""
+        certificate, key, hba = (self.pgdata / name for name in ("server.crt", "server.key", "nlpkit_hba.conf"))
+        shutil.copyfile(tls.certificate, certificate)
+        shutil.copyfile(tls.key, key)
+        key.chmod(0o600)
+        hba.write_text("local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+        for path in (certificate, key, hba):
+            _give_to(path, account)
+        return (
+            "ssl = on\n"
+            f"ssl_cert_file = {_literal(certificate)}\n"
+            f"ssl_key_file = {_literal(key)}\n"
+            f"hba_file = {_literal(hba)}\n"
+        )
 
     def _pg_ctl_start(self, bindir: Path, account: pwd.struct_passwd | None, timeout: float) -> None:
         command = [
