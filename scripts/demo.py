@@ -67,11 +67,15 @@ def main() -> int:
     with console.status("Starting the local Kafka broker..."):
         broker = start_local_broker()
     try:
-        return stream_reviews(database, broker.bootstrap_servers, imdb)
+        outcome = stream_reviews(database, broker.bootstrap_servers, imdb)
     finally:
         if not was_running:
             stop_local_broker()
             console.print("Stopped the Kafka broker this demo started.")
+    if outcome is None:
+        return 1
+    print_next_steps(*outcome, broker_stopped=not was_running)
+    return 0
 
 
 def ensure_model(database: Database, sst2: Path) -> None:
@@ -117,7 +121,8 @@ def full_sentences(train_tsv: Path) -> Path:
     return target
 
 
-def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> int:
+def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> tuple[str, str] | None:
+    """Stream the sample through a worker; (input topic, output topic), or None if the worker failed."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     topic, group, results = f"demo-reviews-{stamp}", f"demo-{stamp}", f"demo-sentiments-{stamp}"
     create_topic(bootstrap, topic, partitions=2)
@@ -143,15 +148,14 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> int:
                 while (done := stored_count(database, topic)) < len(messages):
                     if worker.poll() is not None:
                         console.print(f"[red]the worker stopped early; see {log_path}[/red]")
-                        return 1
+                        return None
                     progress.update(storing, completed=done)
                     time.sleep(0.25)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
     summarize(database, topic, gold, sent_at, results_on_topic(bootstrap, results))
-    print_next_steps(bootstrap, topic, results)
-    return 0
+    return topic, results
 
 
 def wait_for_assignment(bootstrap: str, group: str, worker: subprocess.Popen, timeout: float = 120) -> None:
@@ -186,19 +190,21 @@ def results_on_topic(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def print_next_steps(bootstrap: str, topic: str, results: str) -> None:
-    """What to run next, with this run's names filled in."""
+def print_next_steps(topic: str, results: str, broker_stopped: bool) -> None:
+    """What to run next, with this run's topics filled in: one command per line, to copy."""
     nlpkit = ".venv/bin/nlpkit"
     steps = [
         (f"{nlpkit} status", "lag per partition, rows per task, registered models"),
         (f"{nlpkit} results --topic {topic} --limit 5", "the stored predictions, as JSON lines"),
-        (f"{nlpkit} topics read {results} --limit 5 --bootstrap-servers {bootstrap}", "the same results, on a topic"),
-        (f'{nlpkit} predict sentiment --model {MODEL_NAME} "I loved every minute"', "one review, right now"),
+        (f"{nlpkit} topics read {results} --limit 5", "the same results, on the output topic"),
+        (f'{nlpkit} predict sentiment --model {MODEL_NAME} "I loved every minute"', "one review, now"),
     ]
-    table = Table("run", "to see", title="Next", title_justify="left", show_edge=False)
+    if broker_stopped:
+        steps.insert(0, (f"{nlpkit} services kafka start", "the broker again, with the demo's topics"))
+    width = max(len(command) for command, _ in steps)
+    console.print("\n[bold]Next[/bold]")
     for command, what in steps:
-        table.add_row(command, what)
-    console.print(table)
+        console.print(f"  {command.ljust(width)}  # {what}", soft_wrap=True, highlight=False)
 
 
 def summarize(database: Database, topic: str, gold: dict[str, str], sent_at: float, produced: int) -> None:
