@@ -4,8 +4,9 @@ Variants: transformers' own pipeline (default batch size and 32) as the baseline
 engine on each backend, and the whole streaming path (send -> Kafka -> model ->
 SQLite -> commit). Each runs in a fresh process (:mod:`nlpkit.bench.variant`) on the same
 records. Figures are relative where the machine is noisy: throughput as a ratio to the
-faster pipeline setting, compute as a fraction of the fp32 matrix-multiply rate this
-machine reaches right now, answers as agreement with the fp32 engine.
+faster pipeline setting, compute as a fraction of the matrix-multiply rate this machine
+reaches right now in the precision the variant computes in (fp32, bf16 or int8), answers as
+agreement with the fp32 engine.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ class BenchRow:
     seq_per_s: float
     tokens_per_s: float
     ratio_to_pipeline: float | None
-    peak_fraction: float | None
+    peak_fraction: float | None  # of the matmul rate in ``precision``
     agreement: float | None
     rss_mb: float
     load_s: float
     metrics: dict[str, float] = field(default_factory=dict)  # the task's score on the data's labels
+    precision: str = "fp32"  # what the variant's matrix multiplies compute in
+    hardware: str = ""  # the machine, as nlpkit.system.hardware.describe() names it
 
 
 @dataclass
@@ -120,8 +123,12 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
             }
             results[name] = _child(common | spec, Path(scratch), name, progress)
     # The median of the rates measured next to each variant: one lucky or busy second must not set the scale.
-    peak = statistics.median(result["peak_gflops"] for result in results.values())
-    return _rows(plan, results, peak), {"peak_gflops": peak, "records": len(records)}
+    rates = {
+        precision: statistics.median(measured)
+        for precision in ("fp32", "bf16", "int8")
+        if (measured := [r["matmul_gflops"][precision] for r in results.values() if r["matmul_gflops"][precision]])
+    }
+    return _rows(plan, results, rates), {"matmul_gflops": rates, "records": len(records)}
 
 
 def _child(spec: dict[str, Any], scratch: Path, name: str, progress: Progress) -> dict[str, Any]:
@@ -157,9 +164,10 @@ def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str
     return min(candidates)[1] if candidates else backends[0]
 
 
-def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], peak_gflops: float) -> list[BenchRow]:
+def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, float]) -> list[BenchRow]:
     from nlpkit.inference.agreement import agreement
     from nlpkit.plugins import get_task_class
+    from nlpkit.system.hardware import describe
 
     count = len(plan.examples)
     measured = next((r for r in results.values() if "flops" in r), None)
@@ -171,6 +179,8 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], peak_gflops: floa
     for name, result in results.items():
         seconds = result["seconds"]
         full = result.get("full_outputs")
+        precision = variant_precision(name)
+        rate = rates.get(precision)
         metrics = {}
         if full and all(output is not None for output in full):
             predictions = [Prediction(o.get("label"), o.get("score"), o) for o in full]
@@ -181,14 +191,25 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], peak_gflops: floa
                 seq_per_s=count / seconds,
                 tokens_per_s=measured["tokens"] / seconds if measured else 0.0,
                 ratio_to_pipeline=baseline / seconds if baseline else None,
-                peak_fraction=_flops(name, measured) / seconds / (peak_gflops * 1e9) if measured else None,
+                peak_fraction=_flops(name, measured) / seconds / (rate * 1e9) if measured and rate else None,
                 agreement=agreement(reference["outputs"], result["outputs"]) if reference else None,
                 rss_mb=result["rss_mb"],
                 load_s=result["load_s"],
                 metrics=metrics,
+                precision=precision,
+                hardware=describe(),
             )
         )
     return rows
+
+
+def variant_precision(variant: str) -> str:
+    """What a variant's matrix multiplies compute in: a pipeline in fp32, the engine and the stream
+    in their backend's precision ("engine int8", "stream bf16 (Kafka -> SQLite)")."""
+    from nlpkit.inference.backends import get_backend
+
+    kind, _, rest = variant.partition(" ")
+    return "fp32" if kind == "pipeline" else get_backend(rest.split()[0]).precision
 
 
 def _flops(variant: str, measured: dict[str, Any]) -> float:

@@ -49,7 +49,7 @@ def main(spec_file: str, result_file: str) -> None:
     run, extra = BUILDERS[spec["kind"]](spec)
     load_s = time.perf_counter() - started
     run(records[:WARMUP_RECORDS])  # first calls allocate and pick kernels: not throughput
-    peak = matmul_peak_gflops(spec["threads"])  # the machine's rate right now, next to this variant's run
+    rates = matmul_rates(spec["threads"])  # the machine's rates right now, next to this variant's run
     outputs, seconds = None, float("inf")
     for _ in range(spec.get("repeat", 1)):  # the fastest of the runs: the others met a busier machine
         started = time.perf_counter()
@@ -63,7 +63,7 @@ def main(spec_file: str, result_file: str) -> None:
         "seconds": seconds,
         "load_s": load_s,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gflops": peak,
+        "matmul_gflops": rates,
         "outputs": [comparable(output) for output in outputs],
         "full_outputs": outputs if spec.get("keep_outputs") else None,
     } | facts
@@ -80,20 +80,53 @@ def _import_libraries(spec: dict[str, Any]) -> None:
         import onnxruntime  # noqa: F401
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, seconds: float = 1.0) -> float:
-    """The fp32 matrix-multiply rate torch reaches on this machine now: the best of repeated runs."""
+def matmul_rates(threads: int, seconds: float = 0.5) -> dict[str, float | None]:
+    """The matrix-multiply rate torch reaches on this machine now, in GFLOP/s (GOP/s for int8), for
+    each precision a backend computes in; None where torch has no kernel for it here.
+
+    Where a precision has no hardware behind it (bf16 on an AVX2-only CPU) torch's fallback is
+    hundreds of times slower, so each is measured on the largest square matrix (up to 2048) that
+    one multiply handles in a tenth of a second: a second-long probe, not a minute-long one.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+    operands = {
+        "fp32": (lambda size: torch.randn(size, size), torch.mm),
+        "bf16": (lambda size: torch.randn(size, size, dtype=torch.bfloat16), torch.mm),
+        "int8": (
+            lambda size: torch.randint(-128, 128, (size, size), dtype=torch.int8),
+            getattr(torch, "_int_mm", None),  # int8 x int8 -> int32, oneDNN's kernels on CPU
+        ),
+    }
+    rates: dict[str, float | None] = {}
+    for precision, (make, multiply) in operands.items():
+        try:
+            rates[precision] = _best_rate(make, multiply, seconds) if multiply else None
+        except RuntimeError:  # no kernel for this type on this device
+            rates[precision] = None
+    return rates
+
+
+def _best_rate(make: Callable[[int], Any], multiply: Callable[[Any, Any], Any], seconds: float) -> float:
+    size = 256
+    a, b = make(size), make(size)
+    while size < 2048:
+        started = time.perf_counter()
+        multiply(a, b)
+        if time.perf_counter() - started > 0.1:
+            break
+        size *= 2
+        a, b = make(size), make(size)
+    multiply(a, b)
     best = 0.0
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while True:
         started = time.perf_counter()
-        torch.mm(a, b)
+        multiply(a, b)
         best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e9)
-    return best
+        if time.perf_counter() >= deadline:
+            return best
 
 
 def _engine(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:

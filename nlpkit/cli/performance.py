@@ -208,7 +208,7 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
         "seq/s",
         "tokens/s",
         "x pipeline",
-        "% fp32 peak",
+        "% peak",
         "agreement",
         "metric",
         "RSS MB",
@@ -234,10 +234,11 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
 def _caption(facts: dict[str, Any]) -> str:
     from nlpkit.system.hardware import describe
 
+    rates = ", ".join(f"{precision} {rate:,.0f}" for precision, rate in facts["matmul_gflops"].items())
     return (
-        f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; % fp32 peak: "
-        f"model FLOPs on real tokens over this machine's fp32 matmul rate ({facts['peak_gflops']:.0f} GFLOP/s "
-        "now); agreement: same answers as engine torch (fp32)"
+        f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; % peak: model "
+        "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
+        f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32)"
     )
 
 

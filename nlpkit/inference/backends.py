@@ -18,6 +18,7 @@ class Backend:
 
     name: str
     description: str
+    precision: str  # what its matrix multiplies compute in: fp32, bf16 or int8
     autocast_dtype: str | None = None  # a torch dtype's name
     onnx_file: str | None = None  # which cached ONNX model runs it; None runs the torch model
 
@@ -32,10 +33,20 @@ class Backend:
 BACKENDS = {
     backend.name: backend
     for backend in (
-        Backend("torch", "fp32 torch"),
-        Backend("bf16", "torch under bf16 autocast: fast only where the CPU/GPU has bf16 units", "bfloat16"),
-        Backend("onnx", "fp32 ONNX Runtime with fused kernels; exported beside the model on first use", None, "fp32"),
-        Backend("int8", "ONNX Runtime int8, made and checked by `nlpkit models quantize`", None, "int8"),
+        Backend("torch", "fp32 torch", "fp32"),
+        Backend(
+            "bf16",
+            "torch under bf16 autocast: fast only where the CPU/GPU has bf16 units",
+            "bf16",
+            autocast_dtype="bfloat16",
+        ),
+        Backend(
+            "onnx",
+            "fp32 ONNX Runtime with fused kernels; exported beside the model on first use",
+            "fp32",
+            onnx_file="fp32",
+        ),
+        Backend("int8", "ONNX Runtime int8, made and checked by `nlpkit models quantize`", "int8", onnx_file="int8"),
     )
 }
 

@@ -20,6 +20,7 @@ from nlpkit.inference.onnx import quantize as quantize_module
 from nlpkit.inference.onnx import runtime
 from nlpkit.inference.onnx.quantize import quantize
 from nlpkit.pipelines import load_task
+from nlpkit.system.hardware import describe
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
@@ -168,8 +169,16 @@ def test_bench_times_pipelines_engines_and_the_stream(
         "agreement",
         "rss_mb",
         "load_s",
+        "precision",
+        "hardware",
     }
     assert all(keys <= set(row) for row in rows.values())
+    assert {name: rows[name]["precision"] for name in ("pipeline (batch 32)", "engine torch", "engine int8")} == {
+        "pipeline (batch 32)": "fp32",
+        "engine torch": "fp32",
+        "engine int8": "int8",
+    }
+    assert rows["engine torch"]["hardware"] == describe()
     assert {"pipeline (default batch)", "pipeline (batch 32)", "engine torch", "engine onnx", "engine int8"} <= set(
         rows
     )
