@@ -31,8 +31,9 @@ def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     forbid_shared_write()  # before any command creates a file
     ctx.obj = CliState(database_url=database_url, debug=debug)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # A command that cannot reach Kafka says so in one line; librdkafka's retries are noise then.
-    logging.getLogger("nlpkit.kafka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    # A command that cannot reach Kafka says so in one line; librdkafka's retries are noise then,
+    # and so is its own line (at CRITICAL) for a fatal error the command reports itself.
+    logging.getLogger("nlpkit.kafka").setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
 
 
 for module in (about, predict, streaming, models, db, operations, performance):

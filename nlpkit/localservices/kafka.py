@@ -19,6 +19,10 @@ Measured on a 2-core, 24 GB Linux VM with OpenJDK 17.0.15, Kafka 4.3.1 and confl
 * broker RSS once ready: about 175 MiB. The flags matter on 2 cores: without
   ``-XX:TieredStopAtLevel=1`` start-up took 4.5 s longer and RSS was 200 MiB; with G1 and C2
   as well, 240 MiB.
+
+Given a :class:`BrokerSecurity`, the broker also listens for SASL_SSL clients (SCRAM-SHA-512
+logins, a certificate the caller made) and authorizes every request by ACLs, as a secured
+production cluster does; the PLAINTEXT listener stays as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -106,6 +111,58 @@ _SERVER_SETTINGS = {
     "broker.heartbeat.interval.ms": "500",
     "broker.session.timeout.ms": "3000",
 }
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """A SASL_SSL listener beside the PLAINTEXT one, with SCRAM-SHA-512 users and ACLs.
+
+    ``certificate`` is the broker's certificate in PEM (its chain after it) and ``key`` its
+    unencrypted PKCS#8 private key (what ``openssl req -nodes`` writes); clients verify the
+    certificate against the CA that signed it, so its subjectAltName must hold 127.0.0.1.
+    ``users`` (name -> password; neither holding ``,``, ``=`` or ``]``) are added to the
+    storage when it is formatted, so they exist from the first start.
+
+    Every request is authorized (StandardAuthorizer): without an ACL nothing is allowed,
+    except to ``super_users`` and to ANONYMOUS, the principal of the PLAINTEXT and controller
+    listeners, so the controller, the readiness probe and a caller's setup work as on a plain
+    broker while SASL_SSL clients get exactly what their ACLs grant.
+    """
+
+    certificate: Path
+    key: Path
+    users: dict[str, str] = field(default_factory=dict)
+    super_users: tuple[str, ...] = ()
+
+    def server_settings(self) -> dict[str, str]:
+        """server.properties entries beyond the PLAINTEXT broker's (listeners are the caller's)."""
+        principals = ["User:ANONYMOUS", *(f"User:{name}" for name in self.super_users)]
+        return {
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": _properties_text(self.certificate.read_text()),
+            "ssl.keystore.key": _properties_text(self.key.read_text()),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": ";".join(principals),
+        }
+
+    def format_arguments(self) -> list[str]:
+        """StorageTool arguments that create the users."""
+        return [
+            argument
+            for name, password in self.users.items()
+            for argument in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
+
+
+def _properties_text(text: str) -> str:
+    """Multi-line text (PEM) as one server.properties value: Java's Properties reads ``\\n`` as a newline."""
+    return text.strip().replace("\n", "\\n")
+
 
 _PROBE_TOPIC = "__nlpkit_readiness"
 # Readiness polling expects refused connections at first: librdkafka would print each one,
@@ -192,22 +249,39 @@ class KafkaBroker:
     """One broker+controller JVM whose files all live in ``data_dir``.
 
     Ports are fixed when the object is made, so ``stop()`` then ``start()`` brings the same
-    broker back at the same address with its data, as a restart mid-stream would.
+    broker back at the same address with its data, as a restart mid-stream would. With
+    ``security`` it also serves SASL_SSL clients at ``secure_bootstrap_servers``.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, controller_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        controller_port: int | None = None,
+        *,
+        security: BrokerSecurity | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        if port is None or controller_port is None:
-            spare = [free for free in free_ports(3) if free not in (port, controller_port)]
+        self.security = security
+        if port is None or controller_port is None or security is not None:
+            spare = [free for free in free_ports(4) if free not in (port, controller_port)]
             port, controller_port = port or spare.pop(), controller_port or spare.pop()
         self.port = port
         self.controller_port = controller_port
+        self.secure_port = spare.pop() if security is not None else None
         self._process: subprocess.Popen | None = None
         self._pid: int | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener's address (a broker made with ``security`` only)."""
+        if self.secure_port is None:
+            raise ServiceError("this broker was started without security, so it has no SASL_SSL listener")
+        return f"127.0.0.1:{self.secure_port}"
 
     @property
     def pid(self) -> int | None:
@@ -251,8 +325,8 @@ class KafkaBroker:
         """Format (first time only), launch, and return once a consumer group can commit."""
         if self.is_running():
             return self
-        for port in (self.port, self.controller_port):
-            if not port_is_free(port):
+        for port in (self.port, self.controller_port, self.secure_port):
+            if port is not None and not port_is_free(port):
                 raise ServiceError(f"port {port} on 127.0.0.1 is taken; stop what uses it or pick another port")
         libs = ensure_kafka_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +384,11 @@ class KafkaBroker:
             "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers}",
             "log.dirs": str(self._log_dirs),
         }
+        if self.security is not None:
+            settings.update(self.security.server_settings())
+            settings["listeners"] += f",SASL_SSL://{self.secure_bootstrap_servers}"
+            settings["advertised.listeners"] += f",SASL_SSL://{self.secure_bootstrap_servers}"
+        self._properties_file.touch(mode=0o600)  # it may hold the broker's private key
         self._properties_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
     def _java_command(self, libs: Path, *main: str) -> list[str]:
@@ -332,6 +411,7 @@ class KafkaBroker:
             f"--cluster-id={_cluster_id()}",
             "-c",
             str(self._properties_file),
+            *(self.security.format_arguments() if self.security is not None else ()),
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

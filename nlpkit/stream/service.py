@@ -38,18 +38,23 @@ def serve(
     logging.getLogger("nlpkit").setLevel(logging.INFO)
     client_log = logging.getLogger("nlpkit.kafka")
     client_log.setLevel(logging.WARNING)
-    client_log.addFilter(lambda _record: worker.connected)
+
+    def once_connected(_record: logging.LogRecord) -> bool:
+        return worker.connected
+
+    client_log.addFilter(once_connected)
     worker.handle_signals()
     server = None
-    if metrics is not None:
-        checks = {
-            "model_loaded": lambda: bool(engines),
-            "database": database.reachable,
-            "broker": metrics.broker_connected,
-        }
-        server = MonitoringServer(metrics, checks, metrics_host, metrics_port, metrics_token).start()
     try:
+        if metrics is not None:
+            checks = {
+                "model_loaded": lambda: bool(engines),
+                "database": database.reachable,
+                "broker": metrics.broker_connected,
+            }
+            server = MonitoringServer(metrics, checks, metrics_host, metrics_port, metrics_token).start()
         return worker.run()
     finally:
         if server is not None:
             server.stop()
+        client_log.removeFilter(once_connected)  # the logger outlives this worker (a test runs several)

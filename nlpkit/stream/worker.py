@@ -37,7 +37,13 @@ from nlpkit.errors import NlpkitError
 from nlpkit.inference import Engine
 from nlpkit.store import Database, utcnow
 from nlpkit.stream.decoding import MessageDecoder, configured_registry
-from nlpkit.stream.kafka_clients import client_config, cluster_metadata, new_client
+from nlpkit.stream.kafka_clients import (
+    check_topic_access,
+    client_config,
+    cluster_metadata,
+    new_client,
+    raise_refusal,
+)
 from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PASS_HEADERS
 from nlpkit.stream.monitoring import STATS_INTERVAL_MS, WorkerMetrics
 from nlpkit.stream.processing import BatchProcessor, ProcessedBatch
@@ -170,6 +176,7 @@ class Worker:
         # failure itself, which run() reports as one clear error.
         self.connected = False
         self._consumer: Consumer | None = None
+        self._consumer_settings: dict[str, Any] = {}
         # Messages a keep-alive poll returned in the middle of a batch; they lead the next one.
         self._carried: list[Message] = []
         self._last_poll = time.monotonic()
@@ -208,19 +215,17 @@ class Worker:
         """The worker's consumer: configured pass-through properties (SASL, SSL, ...), the
         worker's own settings, then ``consumer_config``. Made apart from :meth:`run` so what
         librdkafka accepts can be checked without a broker."""
-        return new_client(
-            Consumer,
-            client_config(
-                self.config.bootstrap_servers,
-                **{
-                    "group.id": self.config.group,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    **(self.metrics.consumer_settings() if self.metrics else {}),
-                    **self.config.consumer_config,
-                },
-            ),
+        self._consumer_settings = client_config(
+            self.config.bootstrap_servers,
+            **{
+                "group.id": self.config.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **(self.metrics.consumer_settings() if self.metrics else {}),
+                **self.config.consumer_config,
+            },
         )
+        return new_client(Consumer, self._consumer_settings)
 
     def run(self) -> WorkerStats:
         consumer = self.new_consumer()
@@ -246,6 +251,7 @@ class Worker:
         topics = cluster_metadata(consumer, self.config.bootstrap_servers).topics
         missing = [topic for topic in self.config.topics if topic not in topics]
         if missing:
+            check_topic_access(consumer, self._consumer_settings, missing[0])
             raise NlpkitError(
                 f"topic '{missing[0]}' does not exist; create it with `nlpkit topics create {missing[0]}`"
             )
@@ -286,6 +292,7 @@ class Worker:
     def _usable(self, message: Message) -> bool:
         error = message.error()
         if error is not None:
+            raise_refusal(error, self._consumer_settings, message.topic())  # e.g. no ACL for the group
             if error.fatal():
                 raise NlpkitError(f"fatal Kafka error: {error.str()}")
             log.warning("consumer error: %s", error.str())

@@ -14,10 +14,12 @@ so tools written for Connect's dead letters read nlpkit's too:
 
 from __future__ import annotations
 
+from typing import Any
+
 from confluent_kafka import Producer
 
 from nlpkit.errors import NlpkitError
-from nlpkit.stream.kafka_clients import client_config, new_client
+from nlpkit.stream.kafka_clients import client_config, delivery_reports, new_client, refusals_raised
 from nlpkit.stream.processing import ProcessedBatch, Row
 
 HEADER_PREFIX = "__connect.errors."
@@ -44,23 +46,31 @@ class DeadLetterTopic:
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
         self._producer: Producer | None = None
+        self._settings: dict[str, Any] = {}
 
     def new_producer(self) -> Producer:
         """The producer, with the configured pass-through properties (SASL, SSL, ...)."""
-        return new_client(Producer, client_config(self.bootstrap_servers, **{"enable.idempotence": True}))
+        self._settings = client_config(self.bootstrap_servers, **{"enable.idempotence": True})
+        return new_client(Producer, self._settings)
 
     def publish(self, batch: ProcessedBatch) -> None:
         if not batch.dead_letters:
             return
         if self._producer is None:
             self._producer = self.new_producer()
-        for row in batch.dead_letters:
-            value, key, headers = dead_letter_message(row)
-            self._producer.produce(self.topic, value=value, key=key, headers=headers)
-        # Before the offsets move on, the copies must be safely in Kafka too.
-        if self._producer.flush(30):
-            raise NlpkitError(f"dead letters could not be written to topic '{self.topic}'")
+        failures: list[str] = []
+        on_delivery = delivery_reports(self._settings, self.topic, failures)
+        with refusals_raised(self._producer, self._settings, self.topic):
+            for row in batch.dead_letters:
+                value, key, headers = dead_letter_message(row)
+                self._producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            # Before the offsets move on, the copies must be safely in Kafka too.
+            remaining = self._producer.flush(30)
+        if remaining or failures:
+            detail = failures[0] if failures else f"{remaining} unacknowledged after 30 s"
+            raise NlpkitError(f"dead letters could not be written to topic '{self.topic}': {detail}")
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(30)
+            with refusals_raised(self._producer, self._settings, self.topic):
+                self._producer.flush(30)

@@ -24,14 +24,21 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from nlpkit.errors import NlpkitError
-from nlpkit.stream.kafka_clients import client_config, new_client
+from nlpkit.stream.kafka_clients import (
+    KafkaRefusal,
+    client_config,
+    delivery_reports,
+    new_client,
+    raise_refusal,
+    refusals_raised,
+)
 from nlpkit.stream.processing import ProcessedBatch, Row
 
 log = logging.getLogger("nlpkit.worker")
@@ -81,19 +88,23 @@ class OutputTopic:
     def __init__(self, topic: str, bootstrap_servers: str, encoder: ResultEncoder) -> None:
         self.topic = topic
         self.encoder = encoder
-        self._producer = new_client(Producer, client_config(bootstrap_servers, **{"enable.idempotence": True}))
+        self._settings = client_config(bootstrap_servers, **{"enable.idempotence": True})
+        self._producer = new_client(Producer, self._settings)
 
     def publish(self, batch: ProcessedBatch) -> None:
         failures: list[str] = []
-        for row in batch.predictions:
-            _produce(self._producer, self.topic, row, self.encoder, failures)
-        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
+        on_delivery = delivery_reports(self._settings, self.topic, failures)
+        with refusals_raised(self._producer, self._settings, self.topic):
+            for row in batch.predictions:
+                _produce(self._producer, self.topic, row, self.encoder, on_delivery)
+            remaining = self._producer.flush(FLUSH_TIMEOUT_S)
         if remaining or failures:
             detail = failures[0] if failures else f"{remaining} unacknowledged after {FLUSH_TIMEOUT_S} s"
             raise NlpkitError(f"results could not be written to topic '{self.topic}': {detail}")
 
     def close(self) -> None:
-        self._producer.flush(FLUSH_TIMEOUT_S)
+        with refusals_raised(self._producer, self._settings, self.topic):  # refused before any result was sent
+            self._producer.flush(FLUSH_TIMEOUT_S)
 
 
 class TransactionalResults:
@@ -117,8 +128,10 @@ class TransactionalResults:
         self.encoder = encoder
         self.dead_letter_topic = dead_letter_topic
         settings = {"transactional.id": f"nlpkit-{group}-{uuid.uuid4().hex[:12]}", "enable.idempotence": True}
-        self._producer = new_client(Producer, client_config(bootstrap_servers, **settings))
-        self._producer.init_transactions(FLUSH_TIMEOUT_S)
+        self._settings = client_config(bootstrap_servers, **settings)
+        self._producer = new_client(Producer, self._settings)
+        with refusals_raised(self._producer, self._settings, topic):
+            self._producer.init_transactions(FLUSH_TIMEOUT_S)
 
     def commit(self, batch: ProcessedBatch | None, offsets: Sequence[TopicPartition], group_metadata: Any) -> None:
         """One transaction: the batch's results and dead letters, and the consumer's positions."""
@@ -126,10 +139,11 @@ class TransactionalResults:
 
         producer = self._producer
         failures: list[str] = []
+        on_delivery = delivery_reports(self._settings, self.topic, failures)
         producer.begin_transaction()
         try:
             for row in batch.predictions if batch else ():
-                _produce(producer, self.topic, row, self.encoder, failures)
+                _produce(producer, self.topic, row, self.encoder, on_delivery)
             for row in batch.dead_letters if batch else ():
                 value, key, headers = dead_letter_message(row)
                 producer.produce(self.dead_letter_topic, value=value, key=key, headers=headers)
@@ -139,7 +153,11 @@ class TransactionalResults:
             if failures:
                 raise NlpkitError(f"results could not be written to topic '{self.topic}': {failures[0]}")
             producer.commit_transaction(FLUSH_TIMEOUT_S)
+        except KafkaRefusal:
+            raise  # retrying the batch would be refused again
         except (KafkaException, NlpkitError) as exc:
+            if isinstance(exc, KafkaException):
+                raise_refusal(exc.args[0], self._settings)  # a missing ACL for the group or the transactional id
             abortable = isinstance(exc, NlpkitError) or exc.args[0].txn_requires_abort()
             if not abortable:
                 raise NlpkitError(f"Kafka transaction failed: {exc}") from exc
@@ -147,18 +165,15 @@ class TransactionalResults:
             raise TransactionAborted(str(exc)) from exc
 
     def close(self) -> None:
-        self._producer.flush(FLUSH_TIMEOUT_S)
+        with refusals_raised(self._producer, self._settings, self.topic):  # refused before any result was sent
+            self._producer.flush(FLUSH_TIMEOUT_S)
 
 
 class TransactionAborted(Exception):
     """The batch's transaction was aborted: nothing of it is visible, and it must be read again."""
 
 
-def _produce(producer: Producer, topic: str, row: Row, encoder: ResultEncoder, failures: list[str]) -> None:
-    def on_delivery(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(error.str())
-
+def _produce(producer: Producer, topic: str, row: Row, encoder: ResultEncoder, on_delivery: Callable) -> None:
     value, headers = encoder.value(topic, row), encoder.headers(row)
     while True:
         try:
