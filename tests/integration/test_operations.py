@@ -9,7 +9,6 @@ import stat
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer
 from workers import unique
 
 from nlpkit.cli import build_cli
@@ -17,7 +16,7 @@ from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
 from nlpkit.store import DeadLetterRow, PredictionRow, migrated_database
 from nlpkit.store.queries import PredictionFilter, count_predictions
-from nlpkit.stream.kafka_clients import create_topic, produce
+from nlpkit.stream.kafka_clients import create_topic, produce, read_topic
 from nlpkit.stream.replay import REPLAY_HEADER
 from nlpkit.stream.worker import Worker, WorkerConfig
 from nlpkit_plugins.sentiment import SentimentTask
@@ -103,16 +102,7 @@ def test_dead_letters_list_show_and_replay_to_their_topic(consumed, tmp_path):
     create_topic(consumed["bootstrap"], target, partitions=1)
     replay = nlpkit("dead-letters", "replay", "--all", "--to-topic", target)
     assert replay.exit_code == 0, replay.output
-    consumer = Consumer(
-        {"bootstrap.servers": consumed["bootstrap"], "group.id": unique("check"), "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([target])
-    received = []
-    for _ in range(30):
-        received += [message for message in consumer.consume(10, timeout=1) if message.error() is None]
-        if len(received) >= len(BAD):
-            break
-    consumer.close()
+    received = read_topic(consumed["bootstrap"], target, limit=100)
     assert sorted(message.value() for message in received) == sorted(BAD)
     origins = {dict(message.headers())[REPLAY_HEADER].decode() for message in received}
     assert all(origin.startswith(consumed["topic"] + "/") for origin in origins) and len(origins) == len(BAD)
@@ -196,17 +186,7 @@ def test_dead_letters_replayed_directly_are_stored_under_their_original_offsets(
     said = " ".join(result.stderr.split())  # rich wraps long lines
     assert f"replayed {len(BAD) + 1}: 1 stored, produced to '{results}', {len(BAD)} still dead letters" in said
     # The new result went out as a worker with --output-topic sends it: source key, source coordinates.
-    consumer = Consumer(
-        {"bootstrap.servers": consumed["bootstrap"], "group.id": unique("check"), "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([results])
-    produced = []
-    for _ in range(30):
-        produced += [message for message in consumer.consume(10, timeout=1) if message.error() is None]
-        if produced:
-            break
-    consumer.close()
-    (message,) = produced
+    (message,) = read_topic(consumed["bootstrap"], results, limit=100)
     headers = dict(message.headers())
     assert message.key() == b"late" and json.loads(message.value())["label"] in ("negative", "positive")
     assert (headers["nlpkit.source.topic"], headers["nlpkit.source.offset"]) == (topic.encode(), b"10000")
