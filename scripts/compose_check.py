@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from nlpkit.localservices.kafka import KAFKA_VERSION, ensure_kafka_jars
 from nlpkit.models.files import weights_digest
 from nlpkit.store import migrated_database
+from nlpkit.stream.kafka_clients import read_topic
 from nlpkit.testing import save_tiny_distilbert
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,22 +315,6 @@ def send_reviews(count: int, seed: int) -> None:
     )  # fmt: skip
 
 
-def output_topic_count(topic: str) -> int:
-    """Messages on ``topic``, all partitions (the workers' producer is idempotent, not transactional)."""
-    consumer = Consumer(
-        {"bootstrap.servers": HOST_BOOTSTRAP, "group.id": "compose-check-reader", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        total = 0
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
-
-
 def topic_partitions() -> int:
     """The partition count the compose file's `topics` service creates."""
     command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["topics"]["command"]
@@ -339,7 +323,7 @@ def topic_partitions() -> int:
 
 def check_results(expected: int) -> None:
     """One result message per stored row on the workers' output topic."""
-    produced = output_topic_count(OUTPUT_TOPIC)
+    produced = len(read_topic(HOST_BOOTSTRAP, OUTPUT_TOPIC, limit=expected + 1))
     if produced != expected:
         raise CheckFailed(f"{produced} results on {OUTPUT_TOPIC}, expected {expected}")
 

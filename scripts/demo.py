@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
@@ -33,7 +32,7 @@ from nlpkit.localservices.kafka import ensure_kafka_jars, local_broker_status, s
 from nlpkit.models.files import read_config
 from nlpkit.models.starter import starter_model_path
 from nlpkit.store import Database, DeadLetterRow, PredictionRow, migrated_database
-from nlpkit.stream.kafka_clients import create_topic, file_messages, produce
+from nlpkit.stream.kafka_clients import create_topic, file_messages, produce, read_topic
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NLPKIT_DATA", REPO.parent / "shared" / "data"))
@@ -155,7 +154,7 @@ def stream_reviews(database: Database, bootstrap: str, imdb: Path) -> tuple[str,
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
-    summarize(database, topic, gold, sent_at, results_on_topic(bootstrap, results))
+    summarize(database, topic, gold, sent_at, len(read_topic(bootstrap, results, limit=SAMPLE_SIZE + 1)))
     explain(database, topic)
     return topic, results
 
@@ -183,19 +182,6 @@ def wait_for_assignment(bootstrap: str, group: str, worker: subprocess.Popen, ti
 
 def stored_count(database: Database, topic: str) -> int:
     return sum(database.count(row_class, source_topic=topic) for row_class in (PredictionRow, DeadLetterRow))
-
-
-def results_on_topic(bootstrap: str, topic: str) -> int:
-    """How many result messages the worker produced to its output topic."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-count"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            high - low
-            for low, high in (consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions)
-        )
-    finally:
-        consumer.close()
 
 
 def print_next_steps(topic: str, results: str, broker_stopped: bool) -> None:

@@ -175,6 +175,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
     baseline = min(pipelines) if pipelines else None
     reference = results.get("engine torch")
     task_class = get_task_class(plan.task)
+    machine = describe()
     rows = []
     for name, result in results.items():
         seconds = result["seconds"]
@@ -197,7 +198,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
                 load_s=result["load_s"],
                 metrics=metrics,
                 precision=precision,
-                hardware=describe(),
+                hardware=machine,
             )
         )
     return rows

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from nlpkit.errors import NlpkitError
-from nlpkit.models.files import id2label, read_config, read_metadata, weights_digest
+from nlpkit.models.files import file_sha256, id2label, read_config, read_metadata, weights_digest
 
 MANIFEST_FILE = "nlpkit-model.json"
 CARD_FILE = "README.md"
@@ -82,7 +82,8 @@ def export_model(model_dir: Path, description: ModelDescription, destination: Pa
             "metadata": read_metadata(model_dir),
         },
         "training_run": description.training_run,
-        "files": {path.relative_to(model_dir).as_posix(): _sha256(path) for path in files} | {CARD_FILE: _digest(card)},
+        "files": {path.relative_to(model_dir).as_posix(): file_sha256(path) for path in files}
+        | {CARD_FILE: hashlib.sha256(card).hexdigest()},
     }
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
@@ -150,7 +151,7 @@ def install_model(archive_path: Path, target: Path, *, replace: bool = False) ->
             missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
             raise NlpkitError(f"{archive_path}: files differ from its manifest (missing {missing}, unexpected {extra})")
         for name, digest in expected.items():
-            if _sha256(unpacked / name) != digest:
+            if file_sha256(unpacked / name) != digest:
                 raise NlpkitError(f"{archive_path}: {name} is damaged (its SHA-256 differs from the manifest)")
         if weights_digest(unpacked) != revision:
             raise NlpkitError(f"{archive_path}: the weights are not revision {revision}")
@@ -266,15 +267,3 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mode = 0o644
     info.mtime = int(dt.datetime.now(dt.UTC).timestamp())
     archive.addfile(info, io.BytesIO(data))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -70,15 +70,20 @@ def model_revision(path: Path) -> str:
     return weights_digest(path)
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex, read in 4 MiB chunks (weights can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def weights_digest(path: Path) -> str:
     for name in WEIGHT_FILES:
         weights = path / name
         if weights.is_file():
-            digest = hashlib.sha256()
-            with weights.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(chunk)
-            return digest.hexdigest()[:12]
+            return file_sha256(weights)[:12]
     raise ModelNotFoundError(f"{path} holds no weights ({' or '.join(WEIGHT_FILES)})")
 
 
