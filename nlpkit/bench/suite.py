@@ -1,10 +1,11 @@
 """``nlpkit bench``: every way of running a task, timed in one run on the same model, data and machine.
 
-Variants: transformers' own pipeline (default batch size and 32) as the baseline, the
-engine on each backend, and the whole streaming path (send -> Kafka -> model ->
-SQLite -> commit). Each runs in a fresh process (:mod:`nlpkit.bench.variant`) on the same
-records. Figures are relative where the machine is noisy: throughput as a ratio to the
-faster pipeline setting, compute as a fraction of the matrix-multiply rate this machine
+Variants: transformers' own pipeline (default batch size and 32) as the baseline, the best
+peer (OpenVINO, run as its users run it: :mod:`nlpkit.bench.peers`), the engine on each
+backend, and the whole streaming path (send -> Kafka -> model -> SQLite -> commit). Each
+runs in a fresh process (:mod:`nlpkit.bench.variant`) on the same records. Figures are
+relative where the machine is noisy: throughput as a ratio to the faster pipeline setting
+and to the peer, compute as a fraction of the matrix-multiply rate this machine
 reaches right now in the precision the variant computes in (fp32, bf16 or int8), answers as
 agreement with the fp32 engine.
 """
@@ -27,6 +28,7 @@ from nlpkit.errors import NlpkitError
 from nlpkit.tasks.base import Example, Prediction, Record
 
 Progress = Callable[[str], None]
+PEER = "openvino peer (convert_model, batch 32)"
 
 
 @dataclass
@@ -44,6 +46,7 @@ class BenchRow:
     metrics: dict[str, float] = field(default_factory=dict)  # the task's score on the data's labels
     precision: str = "fp32"  # what the variant's matrix multiplies compute in
     hardware: str = ""  # the machine, as nlpkit.system.hardware.describe() names it
+    ratio_to_peer: float | None = None  # throughput over the OpenVINO peer's
 
 
 @dataclass
@@ -55,6 +58,7 @@ class BenchPlan:
     backends: Sequence[str]
     threads: int
     pipelines: bool = True
+    peer: bool = True  # the OpenVINO peer, for the tasks that have a pipeline to run it in
     stream: bool = True
     bootstrap_servers: str | None = None
     max_length: int | None = None
@@ -110,6 +114,8 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
                 ("pipeline (default batch)", {"kind": "pipeline", "pipeline_batch_size": None}),
                 ("pipeline (batch 32)", {"kind": "pipeline", "pipeline_batch_size": 32}),
             ]
+        if plan.peer and plan.task in BASELINES:
+            variants.append((PEER, {"kind": "openvino-peer", "pipeline_batch_size": 32}))
         variants += [(f"engine {b}", {"kind": "engine", "backend": b, "keep_outputs": True}) for b in plan.backends]
         results = {name: _child(common | spec, Path(scratch), name, progress) for name, spec in variants}
         if plan.stream:
@@ -173,6 +179,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
     measured = next((r for r in results.values() if "flops" in r), None)
     pipelines = [r["seconds"] for name, r in results.items() if name.startswith("pipeline")]
     baseline = min(pipelines) if pipelines else None
+    peer = results[PEER]["seconds"] if PEER in results else None
     reference = results.get("engine torch")
     task_class = get_task_class(plan.task)
     machine = describe()
@@ -180,7 +187,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
     for name, result in results.items():
         seconds = result["seconds"]
         full = result.get("full_outputs")
-        precision = variant_precision(name)
+        precision = result.get("precision") or variant_precision(name)  # the peer's is what OpenVINO chose
         rate = rates.get(precision)
         metrics = {}
         if full and all(output is not None for output in full):
@@ -199,6 +206,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
                 metrics=metrics,
                 precision=precision,
                 hardware=machine,
+                ratio_to_peer=peer / seconds if peer else None,
             )
         )
     return rows
@@ -214,6 +222,6 @@ def variant_precision(variant: str) -> str:
 
 
 def _flops(variant: str, measured: dict[str, Any]) -> float:
-    """The work a variant really does: a pipeline runs the whole model, while the engine (alone or
-    in a worker) may skip some of it (a sequence classifier's last layer for all but [CLS])."""
-    return measured["full_flops"] if variant.startswith("pipeline") else measured["flops"]
+    """The work a variant really does: a pipeline and the peer run the whole model, while the engine
+    (alone or in a worker) may skip some of it (a sequence classifier's last layer for all but [CLS])."""
+    return measured["flops"] if variant.startswith(("engine", "stream")) else measured["full_flops"]

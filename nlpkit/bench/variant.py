@@ -1,7 +1,7 @@
 """One benchmark variant in its own process: ``python -m nlpkit.bench.variant SPEC.json RESULT.json``.
 
-Each variant (a transformers pipeline, the engine on one backend, the whole streaming
-path) gets a fresh process, so its peak RSS and model load time are its own and no
+Each variant (a transformers pipeline, the OpenVINO peer, the engine on one backend, the
+whole streaming path) gets a fresh process, so its peak RSS and model load time are its own and no
 variant warms caches for the next. The parent (:mod:`nlpkit.bench.suite`) compares results.
 """
 
@@ -78,6 +78,8 @@ def _import_libraries(spec: dict[str, Any]) -> None:
 
     if spec.get("backend") in ("onnx", "int8"):
         import onnxruntime  # noqa: F401
+    if spec["kind"] == "openvino-peer" or spec.get("backend", "").startswith("openvino"):
+        import openvino  # noqa: F401
 
 
 def matmul_rates(threads: int, seconds: float = 0.5) -> dict[str, float | None]:
@@ -176,22 +178,30 @@ class ShapeFlops:
         return keys_values + one_token + 4 * n * self.hidden
 
 
-def _pipeline(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+def _pipeline(spec: dict[str, Any], openvino: bool = False) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+    """transformers' pipeline; with ``openvino``, the peer: its model run by OpenVINO, fed length-sorted texts."""
     from transformers import pipeline
 
     from nlpkit.bench.baselines import BASELINES
+    from nlpkit.bench.peers import by_length, openvino_forward
 
     baseline = BASELINES[spec["task"]]
     kwargs = {"batch_size": spec["pipeline_batch_size"]} if spec["pipeline_batch_size"] else {}
     hf = pipeline(baseline.pipeline_task, model=spec["model_path"], device="cpu", **baseline.load_options)
+    facts = {"precision": openvino_forward(hf, spec["threads"])} if openvino else {}
 
     def run(records: Sequence[Record]) -> list[Any]:
         inputs = [baseline.inputs(record) for record in records]
+        order = by_length(hf.tokenizer, inputs) if openvino else list(range(len(inputs)))
         options = baseline.call_options(spec["max_length"])
-        outputs = hf(inputs, **kwargs, **options)
-        return [baseline.convert(record, out) for record, out in zip(records, outputs, strict=True)]
+        outputs = dict(zip(order, hf([inputs[i] for i in order], **kwargs, **options), strict=True))
+        return [baseline.convert(record, outputs[i]) for i, record in enumerate(records)]
 
-    return run, dict
+    return run, lambda: dict(facts)
+
+
+def _openvino_peer(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
+    return _pipeline(spec, openvino=True)
 
 
 def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
@@ -247,7 +257,7 @@ def _stream(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]
     return run, lambda: dict(timed)
 
 
-BUILDERS = {"engine": _engine, "pipeline": _pipeline, "stream": _stream}
+BUILDERS = {"engine": _engine, "pipeline": _pipeline, "openvino-peer": _openvino_peer, "stream": _stream}
 
 if __name__ == "__main__":
     main(*sys.argv[1:3])

@@ -14,7 +14,7 @@ from rich.table import Table
 from nlpkit import settings
 from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
-from nlpkit.inference.backends import BACKENDS
+from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
 
 stderr = Console(stderr=True)
 
@@ -36,19 +36,32 @@ def _calibration_records(task_class: Any, data: Path, limit: int, seed: int) -> 
 @click.option("--limit", default=2000, show_default=True, help="Calibration records drawn at random from --data.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Least agreement with fp32 [setting, 0.99].")
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(INT8_BACKENDS),
+    default="int8",
+    show_default=True,
+    help="Which int8 backend to make the model for: ONNX Runtime's (dynamic int8) or OpenVINO's (NNCF).",
+)
 @pass_state
 def quantize(
-    state: CliState, model: str, task_name: str, data: Path, limit: int, min_agreement: float | None, seed: int
+    state: CliState,
+    model: str,
+    task_name: str,
+    data: Path,
+    limit: int,
+    min_agreement: float | None,
+    seed: int,
+    backend: str,
 ) -> None:
-    """Make the int8 version of MODEL for --backend int8, keeping layers in fp32 until it agrees.
+    """Make the int8 version of MODEL for --backend int8 (or openvino-int8), keeping layers in fp32 until it agrees.
 
-    Weights are int8 per output channel; the few input channels with outlier
-    activations on the calibration records are multiplied in fp32 beside the int8
-    product; layers whose quantization moves answers most stay fp32 until at least
-    --min-agreement of the calibration records get the same answer as fp32. The
-    result is cached beside the model.
+    Weights are int8 per output channel; activation outliers on the calibration records
+    are multiplied in fp32 beside the int8 product (int8) or scaled into the weights by
+    SmoothQuant (openvino-int8); layers whose quantization moves answers most stay fp32
+    until at least --min-agreement of the calibration records get the same answer as
+    fp32. The result is cached beside the model.
     """
-    from nlpkit.inference.onnx.quantize import quantize as make_int8
     from nlpkit.pipelines import ModelRegistry, load_task
     from nlpkit.plugins import get_task_class
     from nlpkit.system.threads import configure_threads
@@ -57,16 +70,31 @@ def quantize(
     threshold = settings.get_fraction("min_agreement", None if min_agreement is None else str(min_agreement))
     task = load_task(task_name, model, registry=ModelRegistry(state.database(check=False)))
     records = _calibration_records(get_task_class(task_name), data, limit, seed)
+    make_int8, _cache = _int8_tools(backend)
     with stderr.status("quantizing") as status:
         report = make_int8(task, records, min_agreement=threshold, data=str(data), progress=status.update)
-    verdict = "usable" if report.agreement >= threshold else "REFUSED by the int8 backend"
+    verdict = "usable" if report.agreement >= threshold else f"REFUSED by the {backend} backend"
+    outliers = "" if report.outlier_channels is None else f"{report.outlier_channels} outlier input channels fp32, "
     stderr.print(
-        f"int8 model of '{model}': agreement {report.agreement:.2%} on {report.records} records "
+        f"{backend} model of '{model}': agreement {report.agreement:.2%} on {report.records} records "
         f"(minimum {threshold:.0%}), {report.quantized} nodes int8, {len(report.kept_fp32)} kept fp32, "
-        f"{report.outlier_channels} outlier input channels fp32, {report.seconds:.0f} s: {verdict}"
+        f"{outliers}{report.seconds:.0f} s: {verdict}"
     )
     if report.agreement < threshold:
-        raise NlpkitError("the int8 model did not reach the minimum agreement; use --backend onnx")
+        fallback = "openvino" if backend == "openvino-int8" else "onnx"
+        raise NlpkitError(f"the {backend} model did not reach the minimum agreement; use --backend {fallback}")
+
+
+def _int8_tools(backend: str) -> tuple[Any, Any]:
+    """The quantizer that makes an int8 backend's model and the runtime module that caches it (imported
+    here, on demand: a quantizer imports torch)."""
+    if backend == "openvino-int8":
+        from nlpkit.inference.openvino import runtime
+        from nlpkit.inference.openvino.quantize import quantize as make_int8
+    else:
+        from nlpkit.inference.onnx import runtime
+        from nlpkit.inference.onnx.quantize import quantize as make_int8
+    return make_int8, runtime
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,7 @@ class BenchOptions:
     max_batch_tokens: int | None
     threads: int | None
     no_pipeline: bool
+    no_peer: bool
     no_stream: bool
     bootstrap_servers: str | None
     repeat: int
@@ -99,7 +128,7 @@ class BenchOptions:
     "backends",
     multiple=True,
     type=click.Choice(list(BACKENDS)),
-    help="Engine backend to time (repeatable) [all].",
+    help="Engine backend to time (repeatable) [all this machine runs].",
 )
 @click.option("--limit", type=click.IntRange(1), help="Records drawn at random from --data [all].")
 @click.option("--max-length", type=click.IntRange(8), help="Cut every text to this many tokens first (all variants).")
@@ -110,6 +139,7 @@ class BenchOptions:
 @click.option("--max-batch-tokens", type=click.IntRange(1), help="Padded-token budget per engine batch [2048 CPU].")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads [usable CPUs, or NLPKIT_THREADS].")
 @click.option("--no-pipeline", is_flag=True, help="Skip the transformers pipeline baselines.")
+@click.option("--no-peer", is_flag=True, help="Skip the OpenVINO peer (convert_model, length-sorted batches of 32).")
 @click.option("--no-stream", is_flag=True, help="Skip the streaming run (it starts a local Kafka broker).")
 @bootstrap_option
 @click.option(
@@ -119,7 +149,8 @@ class BenchOptions:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON objects, one per line.")
 @pass_state
 def bench(state: CliState, task_name: str, model: str, data: Path, backends: tuple[str, ...], **given: Any) -> None:
-    """Time the transformers pipeline, the engine on each backend and the streaming path, side by side."""
+    """Time the transformers pipeline, the OpenVINO peer, the engine on each backend and the streaming path,
+    side by side."""
     from contextlib import ExitStack
 
     from nlpkit.bench import suite as benchmark
@@ -140,9 +171,10 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
         tokenizer = AutoTokenizer.from_pretrained(path)
         cut = benchmark.cut_texts([e.record for e in examples], tokenizer, options.max_length)
         examples = [type(e)(record, e.target, e.source) for e, record in zip(examples, cut, strict=True)]
-    chosen = list(backends or BACKENDS)
-    if "int8" in chosen:
-        _ensure_int8(task_name, model, registry, options.calibration_data or data, options.seed)
+    chosen = list(backends or backends_here())
+    for backend in INT8_BACKENDS:
+        if backend in chosen:
+            _ensure_int8(backend, task_name, model, registry, options.calibration_data or data, options.seed)
     with ExitStack() as stack:
         servers = options.bootstrap_servers
         if not options.no_stream and servers is None:
@@ -155,6 +187,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
             backends=chosen,
             threads=threads,
             pipelines=not options.no_pipeline,
+            peer=not options.no_peer,
             stream=not options.no_stream,
             bootstrap_servers=servers,
             max_length=options.max_length,
@@ -172,22 +205,21 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     _print_table(rows, title, facts)
 
 
-def _ensure_int8(task_name: str, model: str, registry: Any, data: Path, seed: int) -> None:
-    """Make the int8 model with the default calibration when it does not exist yet."""
-    from nlpkit.inference.onnx import runtime
-    from nlpkit.inference.onnx.quantize import quantize as make_int8
+def _ensure_int8(backend: str, task_name: str, model: str, registry: Any, data: Path, seed: int) -> None:
+    """Make ``backend``'s int8 model with the default calibration when it does not exist yet."""
+    from nlpkit.errors import ModelNotFoundError
     from nlpkit.pipelines import load_task
     from nlpkit.plugins import get_task_class
 
     task = load_task(task_name, model, registry=registry)
-    if runtime.read_report(
-        runtime.cache_dir(task.model.path, task.model.revision), runtime.INT8_REPORT, task.model.revision
-    ):
-        return
-    records = _calibration_records(get_task_class(task_name), data, 512, seed)
-    threshold = settings.get_fraction("min_agreement")
-    with stderr.status("making the int8 model") as status:
-        make_int8(task, records, min_agreement=threshold, data=str(data), progress=status.update)
+    make_int8, runtime = _int8_tools(backend)
+    try:
+        runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", min_agreement=0.0)
+    except ModelNotFoundError:
+        records = _calibration_records(get_task_class(task_name), data, 512, seed)
+        threshold = settings.get_fraction("min_agreement")
+        with stderr.status(f"making the {backend} model") as status:
+            make_int8(task, records, min_agreement=threshold, data=str(data), progress=status.update)
 
 
 def _local_broker(stack: Any) -> str:
@@ -208,6 +240,7 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
         "seq/s",
         "tokens/s",
         "x pipeline",
+        "x peer",
         "% peak",
         "agreement",
         "metric",
@@ -222,6 +255,7 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
             f"{row.seq_per_s:,.1f}",
             f"{row.tokens_per_s:,.0f}",
             "" if row.ratio_to_pipeline is None else f"{row.ratio_to_pipeline:.2f}",
+            "" if row.ratio_to_peer is None else f"{row.ratio_to_peer:.2f}",
             "" if row.peak_fraction is None else f"{row.peak_fraction:.0%}",
             "" if row.agreement is None else f"{row.agreement:.2%}",
             "" if metric is None else f"{metric[0]} {metric[1]:.4f}",
@@ -236,7 +270,8 @@ def _caption(facts: dict[str, Any]) -> str:
 
     rates = ", ".join(f"{precision} {rate:,.0f}" for precision, rate in facts["matmul_gflops"].items())
     return (
-        f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; % peak: model "
+        f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; x peer: over "
+        "OpenVINO run as its users run it (convert_model, length-sorted batches of 32); % peak: model "
         "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
         f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32)"
     )

@@ -1,10 +1,12 @@
-"""Running models: loading one on a backend (fp32 or bf16 torch, ONNX Runtime fp32 or int8), the
-engine that batches records by length with dynamic padding, and the agreement checks that
-decide whether a faster backend may stand in for fp32.
+"""Running models: loading one on a backend (fp32 or bf16 torch, ONNX Runtime fp32 or int8, OpenVINO
+fp32, bf16 or int8), the engine that batches records by length with dynamic padding, and the
+agreement checks that decide whether a faster backend may stand in for fp32.
 
 Above tasks/ and models/, below store/, stream/ and cli/: nothing here touches a database or
 Kafka. The ONNX backends live in ``nlpkit.inference.onnx`` (export, runtime, int8 quantization
-with outlier channels kept in fp32); once their files exist they run without importing torch.
+with outlier channels kept in fp32), the OpenVINO ones in ``nlpkit.inference.openvino`` (converted
+from the ONNX export, int8 by NNCF), and the search both int8 makers run in ``int8``; once their
+files exist, both kinds run without importing torch.
 """
 
 from nlpkit.inference.backends import BACKENDS, Backend, get_backend

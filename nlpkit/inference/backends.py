@@ -9,18 +9,32 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from nlpkit.system.hardware import has_bf16
+
 DEFAULT_MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
 class Backend:
-    """How a model runs: torch with a precision context, or an ONNX Runtime session."""
+    """How a model runs: torch with a precision context, an ONNX Runtime session, or an OpenVINO one."""
 
     name: str
     description: str
     precision: str  # what its matrix multiplies compute in: fp32, bf16 or int8
     autocast_dtype: str | None = None  # a torch dtype's name
-    onnx_file: str | None = None  # which cached ONNX model runs it; None runs the torch model
+    onnx_file: str | None = None  # which cached ONNX model runs it ("fp32", "int8"); None runs the torch model
+    openvino_file: str | None = None  # which cached OpenVINO model runs it ("fp32", "int8"), computing in ``precision``
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether a cached graph file runs it (ONNX Runtime, OpenVINO) rather than the torch model."""
+        return self.onnx_file is not None or self.openvino_file is not None
+
+    def runs_here(self) -> bool:
+        """Whether this machine computes in the backend's precision. OpenVINO asked for bf16 on a CPU
+        without bf16 units quietly computes in fp32, and every prediction would record a precision it
+        never used; torch's bf16 runs anywhere (emulated, slowly), so the bench shows what it costs."""
+        return self.openvino_file is None or self.precision != "bf16" or has_bf16()
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -47,8 +61,30 @@ BACKENDS = {
             onnx_file="fp32",
         ),
         Backend("int8", "ONNX Runtime int8, made and checked by `nlpkit models quantize`", "int8", onnx_file="int8"),
+        Backend(
+            "openvino",
+            "fp32 OpenVINO, converted from the ONNX export beside the model on first use",
+            "fp32",
+            openvino_file="fp32",
+        ),
+        Backend(
+            "openvino-bf16",
+            "OpenVINO computing in bf16: only on CPUs with bf16 units (AVX512-BF16, AMX)",
+            "bf16",
+            openvino_file="fp32",
+        ),
+        Backend(
+            "openvino-int8",
+            "OpenVINO int8 by NNCF, made and checked by `nlpkit models quantize --backend openvino-int8`",
+            "int8",
+            openvino_file="int8",
+        ),
     )
 }
+# The int8 backends: each needs its file made from real inputs by `nlpkit models quantize --backend NAME`.
+INT8_BACKENDS = tuple(
+    name for name, backend in BACKENDS.items() if "int8" in (backend.onnx_file, backend.openvino_file)
+)
 
 
 def get_backend(name: str) -> Backend:
@@ -57,6 +93,11 @@ def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise NlpkitError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")
     return BACKENDS[name]
+
+
+def backends_here() -> list[str]:
+    """The backends this machine can run, in registry order (what ``nlpkit bench`` times by default)."""
+    return [name for name, backend in BACKENDS.items() if backend.runs_here()]
 
 
 BACKEND_HELP = "; ".join(f"{backend.name}: {backend.description}" for backend in BACKENDS.values())

@@ -1,9 +1,9 @@
 """Loading models for inference on a backend, and running one padded batch through them.
 
-torch is imported only by the torch backends (``torch``, ``bf16``): a model on an ONNX
-backend whose file is already exported loads with its tokenizer and ONNX Runtime alone,
-which keeps a worker's memory to a few hundred megabytes instead of the half gigabyte
-that importing the PyPI build of torch costs by itself.
+torch is imported only by the torch backends (``torch``, ``bf16``): a model on an ONNX or
+OpenVINO backend whose file is already made loads with its tokenizer and ONNX Runtime or
+OpenVINO alone, which keeps a worker's memory to a few hundred megabytes instead of the half
+gigabyte that importing the PyPI build of torch costs by itself.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ from nlpkit.system.threads import apply_to_torch, thread_count
 if TYPE_CHECKING:
     import torch
 
+    from nlpkit.inference.onnx.runtime import CachedGraph
+
 
 @dataclass
 class LoadedModel:
     """A model ready for inference, with what is needed to record where a prediction came from.
 
-    ``model`` is the torch module on the torch backends and None on the ONNX ones, which
-    run ``session`` instead; everything else is the same whichever runs.
+    ``model`` is the torch module on the torch backends and None on the ONNX and OpenVINO
+    ones, which run ``session`` instead; everything else is the same whichever runs.
     """
 
     name: str
@@ -53,7 +55,7 @@ class LoadedModel:
     device: str  # "cpu", "cuda", "cuda:1"
     metadata: dict[str, Any] = field(default_factory=dict)  # the model directory's nlpkit.json
     model: Any = None  # the torch module (torch backends)
-    session: Any = None  # the ONNX Runtime session (onnx and int8 backends)
+    session: Any = None  # an ONNX Runtime session, or an OpenVINO one that answers alike (graph backends)
     first_token_only: bool = False  # a sequence classifier's last layer computes [CLS] only (nlpkit.models.cls_only)
 
     @classmethod
@@ -138,9 +140,9 @@ def load_model(
 ) -> LoadedModel:
     """Load a model and its tokenizer for inference with the named transformers head class.
 
-    The ONNX backends run on CPU and open their session here (exporting the model on
-    first use, the one time they need torch); ``int8`` refuses a quantized model whose
-    agreement with fp32, measured when it was made, is below ``min_agreement``.
+    The ONNX and OpenVINO backends run on CPU and open their session here (exporting the
+    model on first use, the one time they need torch); the int8 ones refuse a quantized model
+    whose agreement with fp32, measured when it was made, is below ``min_agreement``.
     """
     name, path = resolve_model_path(ref, lookup)
     chosen_backend = get_backend(backend)
@@ -158,25 +160,46 @@ def load_model(
         device="cpu",
         metadata=read_metadata(path),
     )
-    if chosen_backend.onnx_file is not None:
-        _open_onnx(loaded, device, min_agreement)
+    if chosen_backend.is_graph:
+        if device not in ("auto", "cpu"):
+            raise NlpkitError(f"the {backend} backend runs on CPU; on {device} use torch or bf16")
+        graph = (
+            _open_openvino(loaded, min_agreement) if chosen_backend.openvino_file else _open_onnx(loaded, min_agreement)
+        )
+        loaded.first_token_only = graph.first_token_only
     else:
         _load_torch(loaded, ref, device)
     return loaded
 
 
-def _open_onnx(loaded: LoadedModel, device: str, min_agreement: float) -> None:
+def _open_onnx(loaded: LoadedModel, min_agreement: float) -> CachedGraph:
     from nlpkit.inference.onnx import runtime
 
-    if device not in ("auto", "cpu"):
-        raise NlpkitError(f"the {loaded.backend.name} backend runs on CPU; on {device} use torch or bf16")
     graph = runtime.cached_model(loaded.name, loaded.path, loaded.revision, loaded.backend.onnx_file, min_agreement)
     if graph is None:  # fp32, not exported yet: the one time an ONNX backend needs torch
         from nlpkit.inference.onnx.export import exported_model
 
         graph = exported_model(loaded)
     loaded.session = runtime.open_session(graph.path, thread_count())
-    loaded.first_token_only = graph.first_token_only
+    return graph
+
+
+def _open_openvino(loaded: LoadedModel, min_agreement: float) -> CachedGraph:
+    from nlpkit.inference.openvino import runtime
+
+    if not loaded.backend.runs_here():
+        raise NlpkitError(
+            f"the {loaded.backend.name} backend needs a CPU with bf16 units (AVX512-BF16 or AMX), and this one has "
+            "none: OpenVINO would compute in fp32; use --backend openvino"
+        )
+    kind = loaded.backend.openvino_file
+    graph = runtime.cached_model(loaded.name, loaded.path, loaded.revision, kind, min_agreement)
+    if graph is None:  # fp32, not converted yet (exported first, if need be: then torch is imported)
+        from nlpkit.inference.openvino.convert import converted_model
+
+        graph = converted_model(loaded)
+    loaded.session = runtime.open_session(graph.path, thread_count(), loaded.backend.precision)
+    return graph
 
 
 def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:

@@ -38,12 +38,13 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 GRAPH_VERSION = 2
 
 
-def cache_dir(model_dir: Path, revision: str) -> Path:
-    """Where a model's ONNX files go: next to it if writable, else the user's cache."""
-    beside = model_dir / "onnx"
+def cache_dir(model_dir: Path, revision: str, folder: str = "onnx") -> Path:
+    """Where a model's ONNX files (or, with ``folder="openvino"``, its OpenVINO ones) go: next to it
+    if writable, else the user's cache."""
+    beside = model_dir / folder
     if os.access(model_dir, os.W_OK) or (beside.is_dir() and os.access(beside, os.W_OK)):
         return beside
-    return nlpkit_cache_dir() / "onnx" / revision
+    return nlpkit_cache_dir() / folder / revision
 
 
 def read_report(directory: Path, name: str, revision: str) -> dict[str, Any] | None:
@@ -114,26 +115,41 @@ def cached_model(
         found = exported is not None and (directory / FP32_FILE).is_file()
         return CachedGraph(directory / FP32_FILE, exported) if found else None
     report = read_report(directory, INT8_REPORT, revision)
-    if report is None or not (directory / INT8_FILE).is_file():
+    found = report is not None and (directory / INT8_FILE).is_file()
+    return CachedGraph(directory / INT8_FILE, admit_int8(name, report if found else None, min_agreement))
+
+
+def admit_int8(
+    name: str, report: dict[str, Any] | None, min_agreement: float, backend: str = "int8", fallback: str = "onnx"
+) -> dict[str, Any]:
+    """The gate every int8 backend passes at load; returns the int8 file's ``report`` (None: no file).
+
+    The file must exist for the current weights (only ``nlpkit models quantize`` can make
+    one: it needs real inputs), must suit this CPU (8-bit weights overflow without VNNI,
+    so files quantized for VNNI carry ``reduce_range`` false), and must have agreed with
+    fp32 on at least ``min_agreement`` of its calibration sample. ``fallback`` is the
+    backend of the same graph in fp32 that each refusal suggests.
+    """
+    make = f"nlpkit models quantize {name} --task TASK --data FILE" + (
+        "" if backend == "int8" else f" --backend {backend}"
+    )
+    if report is None:
         raise ModelNotFoundError(
-            f"model '{name}' has no int8 version for its current weights; make one with "
-            f"`nlpkit models quantize {name} --task TASK --data FILE` (a sample of real inputs), "
-            "or use --backend onnx"
+            f"model '{name}' has no {backend} version for its current weights; make one with "
+            f"`{make}` (a sample of real inputs), or use --backend {fallback}"
         )
     if not report.get("reduce_range") and not has_vnni():
         raise NlpkitError(
-            f"the int8 version of '{name}' was quantized for CPUs with VNNI (8-bit weights), and this CPU has "
-            f"none: its int8 sums could overflow; re-quantize it here with `nlpkit models quantize {name} "
-            "--task TASK --data FILE`, or use --backend onnx"
+            f"the {backend} version of '{name}' was quantized for CPUs with VNNI (8-bit weights), and this CPU "
+            f"has none: its int8 sums could overflow; re-quantize it here with `{make}`, or use --backend {fallback}"
         )
     if report["agreement"] < min_agreement:
         raise NlpkitError(
-            f"refusing the int8 version of '{name}': it agreed with fp32 on {report['agreement']:.1%} of "
+            f"refusing the {backend} version of '{name}': it agreed with fp32 on {report['agreement']:.1%} of "
             f"{report['records']} calibration records, below the minimum {min_agreement:.1%}; re-quantize with "
-            f"`nlpkit models quantize {name} --min-agreement {min_agreement}` (it keeps more layers in "
-            "fp32), or use --backend onnx"
+            f"`{make} --min-agreement {min_agreement}` (it keeps more layers in fp32), or use --backend {fallback}"
         )
-    return CachedGraph(directory / INT8_FILE, report)
+    return report
 
 
 def run_session(session: onnxruntime.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:

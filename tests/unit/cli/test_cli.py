@@ -210,8 +210,8 @@ def test_predict_multilabel_threshold_and_top_k(nlpkit, task_models):
 def test_the_command_line_starts_without_loading_torch_or_any_driver():
     """Commands that do not run a model (help, plugins, status, db...) must answer at once;
     importing torch and transformers alone takes seconds, and --help needs no Kafka client,
-    database driver or SQLAlchemy."""
-    heavy = {"torch", "transformers", "confluent_kafka", "psycopg", "sqlalchemy"}
+    database driver, SQLAlchemy or inference runtime."""
+    heavy = {"torch", "transformers", "confluent_kafka", "psycopg", "sqlalchemy", "onnxruntime", "openvino", "nncf"}
     code = (
         "import sys; from nlpkit.cli import build_cli\n"
         "try:\n    build_cli()(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -236,3 +236,30 @@ def test_the_database_url_can_follow_the_command_as_well_as_precede_it(nlpkit, t
     if command[0] == "config":
         shown = {row["name"]: row for row in json.loads(result.stdout)}
         assert shown["database_url"]["value"] == url and shown["database_url"]["source"] == "flag"
+
+
+def test_predict_evaluate_and_quantize_take_the_openvino_backends(nlpkit, sentiment_copy, tmp_path):
+    texts = ["a good film", "bad", "an utterly dull and lifeless script"]
+
+    def labels(*backend: str) -> list[str]:
+        result = nlpkit("predict", "sentiment", *texts, "--model", str(sentiment_copy), *backend)
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line)["label"] for line in result.stdout.splitlines()]
+
+    assert labels("--backend", "openvino") == labels()
+    data = tmp_path / "reviews.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(texts * 4)))
+    assert nlpkit("db", "upgrade").exit_code == 0
+    scores = {}
+    for backend in ("torch", "openvino"):
+        result = nlpkit("evaluate", "sentiment", "--data", str(data), "--model", str(sentiment_copy),
+                        "--backend", backend, "--json")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        scores[backend] = json.loads(result.stdout)
+    assert scores["openvino"]["accuracy"] == scores["torch"]["accuracy"]
+    made = nlpkit("models", "quantize", str(sentiment_copy), "--task", "sentiment", "--data", str(data),
+                  "--backend", "openvino-int8", "--min-agreement", "0.5")  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    assert "openvino-int8 model of" in made.stderr and "usable" in made.stderr
+    assert (sentiment_copy / "openvino" / "model.int8.xml").is_file()
+    assert len(labels("--backend", "openvino-int8")) == len(texts)

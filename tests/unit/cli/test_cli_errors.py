@@ -51,6 +51,11 @@ BAD_ARGUMENTS = [
         "--min-agreement",
     ),
     ("predict-int8", ["predict", "sentiment", "--model", MODEL, "--backend", "int8", "x"], "nlpkit models quantize"),
+    (
+        "predict-openvino-int8",
+        ["predict", "sentiment", "--model", MODEL, "--backend", "openvino-int8", "x"],
+        "--backend openvino-int8",
+    ),
 ]
 MISSING_FILES = [
     ("predict-input", ["predict", "sentiment", "--model", MODEL, "--input", "/no/such.txt"], "/no/such.txt"),

@@ -1,4 +1,5 @@
-"""The onnx and int8 backends on tiny random models: same answers as torch, cached exports, the int8 gate."""
+"""The graph backends (ONNX Runtime's onnx and int8, OpenVINO's openvino and openvino-int8) on tiny random models:
+same answers as torch, cached files, no torch in a worker, the int8 gate; and the bench that times them."""
 
 from __future__ import annotations
 
@@ -12,22 +13,32 @@ import numpy as np
 import pytest
 from reviews import sentences
 
+from nlpkit.bench.suite import PEER
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 from nlpkit.inference.agreement import agreement, decision, distance
+from nlpkit.inference.backends import INT8_BACKENDS
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
-from nlpkit.inference.onnx import quantize as quantize_module
+from nlpkit.inference.onnx import quantize as onnx_quantize
 from nlpkit.inference.onnx import runtime
-from nlpkit.inference.onnx.quantize import quantize
+from nlpkit.inference.openvino import quantize as openvino_quantize
+from nlpkit.inference.openvino import runtime as openvino_runtime
 from nlpkit.pipelines import load_task
 from nlpkit.system.hardware import describe
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+FP32_GRAPHS = {"onnx": Path("onnx") / runtime.FP32_FILE, "openvino": Path("openvino") / openvino_runtime.FP32_FILE}
+# Each int8 backend: the module that makes its model, the one that caches and gates it, and its cache folder.
+INT8 = {
+    "int8": (onnx_quantize, runtime, "onnx"),
+    "openvino-int8": (openvino_quantize, openvino_runtime, "openvino"),
+}
 
 
-def test_onnx_gives_torch_scores_for_every_head(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_fp32_graphs_give_torch_scores_for_every_head(tmp_path: Path, backend: str) -> None:
     texts = sentences(40)
     cases = [
         ("sentiment", "sequence-classification", ["negative", "positive"], [Record({"text": t}) for t in texts]),
@@ -37,92 +48,113 @@ def test_onnx_gives_torch_scores_for_every_head(tmp_path: Path) -> None:
     for task_name, head, labels, records in cases:
         path = save_tiny_distilbert(tmp_path / task_name, head=head, labels=labels, seed=3)
         torch_out = Engine(load_task(task_name, str(path))).predict(records)
-        onnx_out = Engine(load_task(task_name, str(path), backend="onnx")).predict(records)
-        assert [decision(p.output) for p in onnx_out] == [decision(p.output) for p in torch_out], task_name
-        assert distance([p.output for p in torch_out], [p.output for p in onnx_out]) < 1e-4, task_name
+        graph_out = Engine(load_task(task_name, str(path), backend=backend)).predict(records)
+        assert [decision(p.output) for p in graph_out] == [decision(p.output) for p in torch_out], task_name
+        assert distance([p.output for p in torch_out], [p.output for p in graph_out]) < 1e-4, task_name
 
 
-def test_the_onnx_forward_matches_torch_logits_on_padded_batches(sentiment_copy: Path) -> None:
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_an_fp32_graph_forward_matches_torch_logits_on_padded_batches(sentiment_copy: Path, backend: str) -> None:
     torch_model = load_model(str(sentiment_copy), "DistilBertForSequenceClassification")
-    onnx_model = load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
+    graph_model = load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend=backend)
     ids = np.array([[2, 40, 41, 42, 3, 0, 0], [2, 50, 51, 52, 53, 54, 3]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     expected = torch_model.forward(ids, mask)["logits"]
-    assert np.abs(onnx_model.forward(ids, mask)["logits"] - expected).max() < 1e-5
+    assert np.abs(graph_model.forward(ids, mask)["logits"] - expected).max() < 1e-5
+    assert graph_model.first_token_only  # the [CLS]-only last layer carried into the graph
 
 
-def test_the_export_is_cached_beside_the_model_and_redone_for_new_weights(sentiment_copy: Path) -> None:
-    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
-    exported = sentiment_copy / "onnx" / runtime.FP32_FILE
-    first = exported.stat().st_mtime_ns
-    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
-    assert exported.stat().st_mtime_ns == first
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_the_graph_is_cached_beside_the_model_and_redone_for_new_weights(sentiment_copy: Path, backend: str) -> None:
+    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend=backend)
+    made = sentiment_copy / FP32_GRAPHS[backend]
+    first = made.stat().st_mtime_ns
+    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend=backend)
+    assert made.stat().st_mtime_ns == first
     save_tiny_distilbert(sentiment_copy, labels=["negative", "positive"], seed=9)  # retrained in place
-    load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend="onnx")
-    assert exported.stat().st_mtime_ns != first
+    retrained = load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend=backend)
+    assert made.stat().st_mtime_ns != first
+    ids = np.array([[2, 40, 41, 42, 3]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    expected = load_model(str(sentiment_copy), "DistilBertForSequenceClassification").forward(ids, mask)["logits"]
+    assert np.abs(retrained.forward(ids, mask)["logits"] - expected).max() < 1e-5  # the new weights' answers
 
 
-def test_a_worker_on_the_onnx_backend_never_imports_torch(sentiment_copy: Path) -> None:
-    """The PyPI build of torch costs about 530 MB of RSS on import alone: an ONNX worker must not pay it."""
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_a_worker_on_an_fp32_graph_backend_never_imports_torch(sentiment_copy: Path, backend: str) -> None:
+    """The PyPI build of torch costs about 530 MB of RSS on import alone: an ONNX or OpenVINO worker must not pay it."""
     texts = sentences(30, seed=5)
-    expected = [p.output for p in Engine(load_task("sentiment", str(sentiment_copy), backend="onnx")).predict(
+    expected = [p.output for p in Engine(load_task("sentiment", str(sentiment_copy), backend=backend)).predict(
         [Record({"text": t}) for t in texts]
-    )]  # fmt: skip  # this process exports the ONNX file: the one step that needs torch
+    )]  # fmt: skip  # this process exports (and converts) the model: the one step that needs torch
     code = (
         "import json, sys\n"
         "import nlpkit.cli\n"
         "from nlpkit.testing import run_through_worker\n"
-        f"run = run_through_worker('sentiment', {str(sentiment_copy)!r}, {texts!r}, backend='onnx')\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'outputs': run.outputs}))\n"
+        f"run = run_through_worker('sentiment', {str(sentiment_copy)!r}, {texts!r}, backend={backend!r})\n"
+        "backends = sorted({row['backend'] for row in run.predictions})\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'outputs': run.outputs, 'backends': backends}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["torch"] is False
+    assert result["backends"] == [backend]  # recorded with every stored prediction
     assert [output["label"] for output in result["outputs"]] == [output["label"] for output in expected]
     assert distance(expected, result["outputs"]) < 1e-5
 
 
-def test_int8_needs_quantize_first(sentiment_copy: Path) -> None:
+@pytest.mark.parametrize("backend", INT8_BACKENDS)
+def test_int8_needs_quantize_first(sentiment_copy: Path, backend: str) -> None:
     with pytest.raises(ModelNotFoundError, match="nlpkit models quantize"):
-        load_task("sentiment", str(sentiment_copy), backend="int8")
+        load_task("sentiment", str(sentiment_copy), backend=backend)
 
 
-def test_quantize_reaches_the_agreement_it_reports(sentiment_copy: Path) -> None:
+@pytest.mark.parametrize("backend", INT8)
+def test_quantize_reaches_the_agreement_it_reports(sentiment_copy: Path, backend: str) -> None:
+    maker, cache, folder = INT8[backend]
     task = load_task("sentiment", str(sentiment_copy))
     calibration = [Record({"text": t}) for t in sentences(64, seed=1)]
-    report = quantize(task, calibration, min_agreement=0.99, data="test")
+    report = maker.quantize(task, calibration, min_agreement=0.99, data="test")
     assert report.records == 64
     assert report.quantized > 0
-    int8 = Engine(load_task("sentiment", str(sentiment_copy), backend="int8")).predict(calibration)
+    int8 = Engine(load_task("sentiment", str(sentiment_copy), backend=backend)).predict(calibration)
     fp32 = Engine(task).predict(calibration)
     assert agreement([p.output for p in fp32], [p.output for p in int8]) == pytest.approx(report.agreement)
-    saved = json.loads((sentiment_copy / "onnx" / runtime.INT8_REPORT).read_text())
+    saved = json.loads((sentiment_copy / folder / cache.INT8_REPORT).read_text())
     assert saved["revision"] == task.model.revision and saved["agreement"] == report.agreement
 
 
-def test_the_int8_gate_refuses_below_the_minimum(sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", INT8)
+def test_the_int8_gate_refuses_below_the_minimum(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    maker, cache, _folder = INT8[backend]
     task = load_task("sentiment", str(sentiment_copy))
-    report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
-    with pytest.raises(NlpkitError, match="refusing the int8 version"):
-        runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
+    records = [Record({"text": t}) for t in sentences(32, seed=2)]
+    report = maker.quantize(task, records, min_agreement=0.5, data="test")
+    with pytest.raises(NlpkitError, match=f"refusing the {backend} version"):
+        cache.cached_model(task.model.name, task.model.path, task.model.revision, "int8", report.agreement + 0.001)
     monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
-    assert load_task("sentiment", str(sentiment_copy), backend="int8").model.backend.name == "int8"
+    assert load_task("sentiment", str(sentiment_copy), backend=backend).model.backend.name == backend
 
 
+@pytest.mark.parametrize("backend", INT8)
 @pytest.mark.parametrize("vnni", [True, False])
 def test_weights_get_seven_bits_without_vnni_and_eight_bit_files_are_refused_there(
-    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool, backend: str
 ) -> None:
-    monkeypatch.setattr(quantize_module, "has_vnni", lambda: vnni)
+    maker, cache, _folder = INT8[backend]
+    monkeypatch.setattr(maker, "has_vnni", lambda: vnni)
     task = load_task("sentiment", str(sentiment_copy))
-    report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
+    records = [Record({"text": t}) for t in sentences(32, seed=2)]
+    report = maker.quantize(task, records, min_agreement=0.5, data="test")
     assert report.reduce_range is not vnni
-    monkeypatch.setattr(runtime, "has_vnni", lambda: False)  # the file moves to a CPU without VNNI
+    monkeypatch.setattr(runtime, "has_vnni", lambda: False)  # the file moves to a CPU without VNNI (one gate for both)
     if vnni:
         with pytest.raises(NlpkitError, match="quantized for CPUs with VNNI"):
-            runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5)
+            cache.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5)
     else:
-        assert runtime.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
+        assert cache.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
 
 
 def test_a_bad_min_agreement_setting_is_one_clear_error(sentiment_copy: Path, monkeypatch) -> None:
@@ -189,3 +221,27 @@ def test_bench_times_pipelines_engines_and_the_stream(
     assert all(row["seq_per_s"] > 0 and row["rss_mb"] > 0 for row in rows.values())
     assert max(row["ratio_to_pipeline"] for name, row in rows.items() if name.startswith("pipeline")) == 1.0
     assert "accuracy" in rows["engine torch"]["metrics"]
+
+
+def test_bench_runs_the_openvino_peer_and_sets_every_row_against_it(tmp_path: Path) -> None:
+    """The peer: the transformers weights converted by OpenVINO, length-sorted batches of 32, the same threads."""
+    texts = sentences(40, seed=6)
+    model = save_tiny_distilbert(tmp_path / "model", labels=["negative", "positive"], seed=2)
+    answers = Engine(load_task("sentiment", str(model))).predict([Record({"text": t}) for t in texts])
+    assert {p.output["label"] for p in answers} == {"negative", "positive"}  # answers out of order would disagree
+    data = tmp_path / "reviews.tsv"
+    draw = random.Random(5)
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{draw.randint(0, 1)}\n" for t in texts))
+    command = [sys.executable, "-m", "nlpkit", "bench", "sentiment", "--model", str(model), "--data", str(data)]
+    command += ["--backend", "torch", "--backend", "openvino", "--no-pipeline", "--no-stream", "--repeat", "1"]
+    command += ["--threads", "2", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {row["variant"]: row for row in map(json.loads, done.stdout.splitlines())}
+    assert set(rows) == {PEER, "engine torch", "engine openvino"}
+    assert rows[PEER]["agreement"] == 1.0  # the same weights, the same answers, whoever runs them
+    assert rows["engine openvino"]["agreement"] == 1.0
+    assert rows[PEER]["precision"] in ("fp32", "bf16")  # what OpenVINO chose on this CPU, recorded as such
+    assert rows[PEER]["ratio_to_peer"] == 1.0
+    assert all(row["ratio_to_peer"] > 0 for row in rows.values())
+    assert rows[PEER]["seq_per_s"] > 0 and rows[PEER]["rss_mb"] > 0
