@@ -40,6 +40,7 @@ for module in (about, predict, streaming, models, db, operations, performance):
     for command in module.COMMANDS:
         cli.add_command(command)
 models.models.add_command(performance.quantize)
+models.models.add_command(performance.tune)
 cli.add_command(services)
 
 _plugin_commands_added = False

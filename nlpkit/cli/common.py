@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,12 +20,26 @@ from nlpkit import settings
 from nlpkit.errors import NlpkitError, error_line
 from nlpkit.inference.backends import BACKEND_HELP, BACKENDS
 
+if TYPE_CHECKING:
+    from nlpkit.store import ModelEntry
+
+# predict, evaluate and consume: "auto" (the default) or a backend by name. bench and quantize name backends only.
 BACKEND_OPTION: dict[str, Any] = {
-    "type": click.Choice(list(BACKENDS)),
-    "default": "torch",
+    "type": click.Choice(["auto", *BACKENDS]),
+    "default": "auto",
     "show_default": True,
-    "help": f"How the model runs. {BACKEND_HELP}.",
+    "help": "How the model runs. auto: the fastest backend that agrees with fp32 on this machine, as "
+    "`nlpkit models tune` recorded it for the model (tuned on first use where data is at hand, else onnx); "
+    f"{BACKEND_HELP}.",
 }
+
+
+def auto_backend_here(entry: ModelEntry) -> str | None:
+    """The backend ``--backend auto`` runs a registered model on here, as `nlpkit models tune` recorded it
+    for its weights and this machine; None where nothing is recorded (``models list``, ``status``)."""
+    from nlpkit.inference.tuning import recorded_choice
+
+    return recorded_choice(entry.path, entry.revision, settings.get_fraction("min_agreement"))
 
 
 @dataclass

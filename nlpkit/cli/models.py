@@ -1,4 +1,4 @@
-"""``nlpkit models`` (convert, list, show, remove, quantize, export, import) and ``nlpkit runs``."""
+"""``nlpkit models`` (convert, list, show, remove, quantize, tune, export, import) and ``nlpkit runs``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from nlpkit import settings
 from nlpkit.cli.common import (
     CliState,
     NlpkitGroup,
+    auto_backend_here,
     layer_list,
     pass_state,
 )
@@ -63,17 +64,19 @@ def models_convert(state: CliState, source: str, dest: Path, layers: list[int] |
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def models_list(state: CliState, task: str | None, as_json: bool) -> None:
-    """Registered models, newest first."""
+    """Registered models, newest first, with the backend `--backend auto` runs each on here (as `nlpkit models
+    tune` recorded it; blank where nothing is recorded for this machine)."""
     entries = state.database().models.list(task)
     if as_json:
-        click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2, default=str))
+        shown = [entry.as_dict() | {"auto_backend": auto_backend_here(entry)} for entry in entries]
+        click.echo(json.dumps(shown, indent=2, default=str))
         return
-    table = Table("name", "task", "revision", "metrics", "created", "path")
+    table = Table("name", "task", "revision", "auto backend", "metrics", "created", "path")
     for entry in entries:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in (entry.metrics or {}).items() if isinstance(v, (int, float)))
-        table.add_row(
-            entry.name, entry.task, entry.revision, metrics, f"{entry.created_at:%Y-%m-%d %H:%M}", str(entry.path)
-        )
+        created = f"{entry.created_at:%Y-%m-%d %H:%M}"
+        table.add_row(entry.name, entry.task, entry.revision, auto_backend_here(entry) or "", metrics, created,
+                      str(entry.path))  # fmt: skip
     Console().print(table)
 
 
@@ -88,7 +91,7 @@ def models_show(state: CliState, name: str) -> None:
     if entry is None:
         raise NlpkitError(f"no model named '{name}' is registered; see `nlpkit models list`")
     run = database.runs.find(entry.training_run_id) if entry.training_run_id else None
-    shown = entry.as_dict() | {"training_run": run.as_dict() if run else None}
+    shown = entry.as_dict() | {"auto_backend": auto_backend_here(entry), "training_run": run.as_dict() if run else None}
     click.echo(json.dumps(shown, indent=2, default=str))
 
 

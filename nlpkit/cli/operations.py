@@ -14,7 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 from nlpkit import settings
-from nlpkit.cli.common import MOMENT, CliState, NlpkitGroup, bootstrap_option, decoding_options, one_line, pass_state
+from nlpkit.cli.common import (
+    MOMENT,
+    CliState,
+    NlpkitGroup,
+    auto_backend_here,
+    bootstrap_option,
+    decoding_options,
+    one_line,
+    pass_state,
+)
 from nlpkit.errors import NlpkitError
 from nlpkit.stream.messages import bytes_as_json
 
@@ -57,7 +66,7 @@ def status(
 
     def database_part() -> dict[str, Any]:
         database = state.database()
-        models = [entry.as_dict() for entry in database.models.list()]
+        models = [entry.as_dict() | {"auto_backend": auto_backend_here(entry)} for entry in database.models.list()]
         return {
             "url": redact_url(database.url),
             "tasks": counts_by_task(database),
@@ -102,9 +111,10 @@ def _print_status(report: dict[str, Any]) -> None:
             for topic, count in database["tombstones"].items():
                 table.add_row(topic, str(count))
             console.print(table)
-    table = Table("name", "task", "revision", "created", title="Models")
+    table = Table("name", "task", "revision", "auto backend", "created", title="Models")
     for model in report["models"]:
-        table.add_row(model["name"], model["task"], model["revision"], model["created_at"][:16])
+        cells = (model["name"], model["task"], model["revision"], model["auto_backend"] or "", model["created_at"][:16])
+        table.add_row(*cells)
     console.print(table if report["models"] else "No registered models")
 
 

@@ -1,4 +1,4 @@
-"""Commands about speed: ``nlpkit bench`` and ``nlpkit models quantize``."""
+"""Commands about speed: ``nlpkit bench``, ``nlpkit models quantize`` and ``nlpkit models tune``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,102 @@ def _int8_tools(backend: str) -> tuple[Any, Any]:
         from nlpkit.inference.onnx import runtime
         from nlpkit.inference.onnx.quantize import quantize as make_int8
     return make_int8, runtime
+
+
+@click.command("tune")
+@click.argument("model")
+@click.option("--task", "task_name", required=True, help="The task the model was trained for.")
+@click.option(
+    "--data", type=data_file, help="Labelled inputs to time on [its training run's evaluation data, else data]."
+)
+@click.option("--limit", default=500, show_default=True, type=click.IntRange(1), help="Records drawn from --data.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), help="Least agreement with fp32 [setting, 0.99].")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice(list(BACKENDS)),
+    help="A candidate (repeatable) [every backend this machine runs].",
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--if-missing", is_flag=True, help="Keep a choice already recorded here for these weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded entry as JSON instead of a table.")
+@pass_state
+def tune(
+    state: CliState,
+    model: str,
+    task_name: str,
+    data: Path | None,
+    limit: int,
+    min_agreement: float | None,
+    backends: tuple[str, ...],
+    device: str,
+    seed: int,
+    if_missing: bool,
+    as_json: bool,
+) -> None:
+    """Choose the backend `--backend auto` runs MODEL on here: the fastest that agrees with fp32.
+
+    Loads MODEL on each backend this machine runs, times the engine over a sample of --data
+    (length-sorted batches, a short warm-up, one timed pass), measures each one's agreement with
+    fp32 torch on the same records, and records the fastest whose agreement reaches the minimum,
+    beside the model, for these weights and this machine's CPU flags and threads. int8 backends are
+    timed only where `nlpkit models quantize` already made their file: that is slow, and tuning never does it.
+    """
+    from nlpkit.inference import tuning
+    from nlpkit.inference.loading import load_model
+    from nlpkit.models.files import model_revision, resolve_model_path
+    from nlpkit.pipelines import ModelRegistry
+    from nlpkit.plugins import get_task_class
+    from nlpkit.system.threads import configure_threads
+
+    configure_threads()
+    threshold = settings.get_fraction("min_agreement", None if min_agreement is None else str(min_agreement))
+    task_class = get_task_class(task_name)
+    registry = ModelRegistry(state.database(check=False))
+    name, path = resolve_model_path(model, registry.path)
+    revision = model_revision(path)
+
+    def load(backend: str) -> Any:
+        loaded = load_model(model, task_class.model_class, backend=backend, device=device, lookup=registry.path,
+                            min_agreement=threshold)  # fmt: skip
+        return task_class(loaded)
+
+    sample = data or next(iter(registry.training_data(path)), None)
+    no_data = NlpkitError(
+        f"model '{name}' has no recorded training run whose data is here: pass --data FILE "
+        f"(labelled inputs the {task_name} task reads)"
+    )
+    if sample is None and not if_missing:
+        raise no_data
+    with tuning.exclusive(path, revision):
+        result = tuning.recorded(path, revision, device) if if_missing else None
+        kept = result is not None
+        if result is None:
+            if sample is None:
+                raise no_data
+            records = _calibration_records(task_class, sample, limit, seed)
+            drawn = {"data": str(sample.resolve()), "records": len(records), "seed": seed}
+            with stderr.status("tuning") as status:
+                result = tuning.tune(load, records, revision=revision, sample=drawn, min_agreement=threshold,
+                                     candidates=backends, device=device, progress=status.update)  # fmt: skip
+            tuning.save(path, result)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    title = f"{task_name} · {name} · {result.sample['records']} records of {Path(result.sample['data']).name}"
+    table = Table("backend", "seq/s", "agreement", "verdict", title=title, caption=f"{result.machine}")
+    for measured in result.measurements:
+        speed = "" if measured.seq_per_s is None else f"{measured.seq_per_s:,.1f}"
+        agrees = "" if measured.agreement is None else f"{measured.agreement:.2%}"
+        table.add_row(measured.backend, speed, agrees, result.verdict(measured, threshold))
+    Console().print(table)
+    when = f"kept the choice recorded {result.tuned_at}" if kept else f"tuned in {result.seconds:.0f} s"
+    stderr.print(
+        f"--backend auto runs '{name}' on {result.choice(threshold)} on this machine ({result.fingerprint}): "
+        f"{when}, recorded in {tuning.record_file(path, revision)}"
+    )
 
 
 @dataclass(frozen=True)

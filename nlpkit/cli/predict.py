@@ -141,7 +141,8 @@ def evaluate(
     task_class = get_task_class(task)
     options = task_class.evaluation_options | options_by_task([task], task_options)[task]
     database = state.database()
-    loaded = load_task(task, model, backend=backend, device=device, registry=ModelRegistry(database), **options)
+    registry = ModelRegistry(database)
+    loaded = load_task(task, model, backend=backend, device=device, registry=registry, tuning_data=data, **options)
     examples = task_class.read_examples(data)
     scores = evaluate_and_record(database, loaded, examples, data=str(data), batch_size=batch_size)
     if as_json:

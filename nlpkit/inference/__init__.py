@@ -1,6 +1,7 @@
 """Running models: loading one on a backend (fp32 or bf16 torch, ONNX Runtime fp32 or int8, OpenVINO
-fp32, bf16 or int8), the engine that batches records by length with dynamic padding, and the
-agreement checks that decide whether a faster backend may stand in for fp32.
+fp32, bf16 or int8), the engine that batches records by length with dynamic padding, the
+agreement checks that decide whether a faster backend may stand in for fp32, and ``tuning``, which
+times the backends on a model and records the fastest that agrees for ``--backend auto``.
 
 Above tasks/ and models/, below store/, stream/ and cli/: nothing here touches a database or
 Kafka. The ONNX backends live in ``nlpkit.inference.onnx`` (export, runtime, int8 quantization

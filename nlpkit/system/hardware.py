@@ -15,6 +15,22 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # times faster than AVX-512 does in fp32.
 AMX_FLAGS = {"amx_bf16": "bf16", "amx_int8": "int8"}
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+# The flags that decide which backend runs a model fastest (vector width, int8 dot products, bf16 and
+# fp16 units, AMX tiles): the CPU part of the fingerprint `--backend auto` keys its choice by.
+BACKEND_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+)
 
 
 @functools.cache
@@ -67,3 +83,13 @@ def describe() -> str:
         extras.append(f"AMX {'/'.join(amx_types())}")
     line = f"{model} ({' + '.join([width, *extras])}), {len(os.sched_getaffinity(0))} cores"
     return line + "".join(f"; GPU {name}" for name in gpus())
+
+
+def fingerprint(threads: int) -> str:
+    """This machine as ``--backend auto`` tells machines apart, e.g. ``avx2; 2 threads``: the
+    :data:`BACKEND_FLAGS` its CPU has, the threads a model runs on (torch and the graph runtimes
+    scale differently with them), and its GPUs. Two machines with the same fingerprint would choose
+    the same backend; the model name is left out, as flags, not marketing names, decide."""
+    flags = " ".join(flag for flag in BACKEND_FLAGS if flag in cpu_flags()) or "no avx2"
+    count = f"{threads} thread" + ("" if threads == 1 else "s")
+    return "; ".join([flags, count, *(f"GPU {name}" for name in gpus())])

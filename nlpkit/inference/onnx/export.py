@@ -30,7 +30,7 @@ from nlpkit.inference.onnx.runtime import (
     write_report,
 )
 from nlpkit.models.cls_only import compute_first_token_only, reads_first_token_only
-from nlpkit.models.files import ModelShape
+from nlpkit.models.files import ModelShape, quiet_loading
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def export(loaded: ExportSource, destination: Path) -> tuple[list[str], bool]:
     """
     from onnxruntime.transformers import optimizer
 
-    eager = getattr(transformers, loaded.model_class).from_pretrained(loaded.path, attn_implementation="eager")
+    with quiet_loading():  # exporting is a step of loading: no progress bar of its own
+        eager = getattr(transformers, loaded.model_class).from_pretrained(loaded.path, attn_implementation="eager")
     eager.eval()
     first_token_only = reads_first_token_only(type(eager).__name__)
     if first_token_only:

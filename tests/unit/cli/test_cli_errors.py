@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from terminal import error_line
+from tuned import record_choice
 
 from nlpkit.store import migrated_database
 from nlpkit.testing import save_tiny_distilbert
@@ -50,6 +51,14 @@ BAD_ARGUMENTS = [
         ["models", "quantize", MODEL, "--task", "sentiment", "--data", DATA, "--min-agreement", "2"],
         "--min-agreement",
     ),
+    ("predict-backend", ["predict", "sentiment", "--backend", "fastest", "x"], "'fastest' is not one of 'auto', "),
+    (
+        "tune-agreement",
+        ["models", "tune", MODEL, "--task", "sentiment", "--data", DATA, "--min-agreement", "2"],
+        "--min-agreement",
+    ),
+    ("tune-backend", ["models", "tune", MODEL, "--task", "sentiment", "--backend", "auto"], "'auto' is not one of"),
+    ("tune-no-data", ["models", "tune", MODEL, "--task", "sentiment"], "has no recorded training run"),
     ("predict-int8", ["predict", "sentiment", "--model", MODEL, "--backend", "int8", "x"], "nlpkit models quantize"),
     (
         "predict-openvino-int8",
@@ -66,6 +75,7 @@ MISSING_FILES = [
     ("split-squad", ["split-squad", "/no/such.json", "--train-articles", "2", "--out-dir", "{tmp}"], "/no/such.json"),
     ("convert-source", ["models", "convert", "/no/such-model", "{tmp}/out"], "/no/such-model"),
     ("bench-data", ["bench", "sentiment", "--model", MODEL, "--data", "/no/such.tsv"], "/no/such.tsv"),
+    ("tune-data", ["models", "tune", MODEL, "--task", "sentiment", "--data", "/no/such.tsv"], "/no/such.tsv"),
 ]
 NO_BROKER_CASES = [
     ("consume", ["consume", "--topic", "t", "--task", "sentiment", "--model", MODEL, "--bootstrap-servers", NO_BROKER]),
@@ -107,6 +117,8 @@ UNKNOWN_NAMES = [
     ("bench-task", ["bench", "nope", "--model", MODEL, "--data", DATA, "--no-stream"], "unknown task 'nope'"),
     ("bench-model", ["bench", "sentiment", "--model", "nope", "--data", DATA, "--no-stream"], "not a registered model"),
     ("quantize-model", ["models", "quantize", "nope", "--task", "sentiment", "--data", DATA], "not a registered model"),
+    ("models-tune-model", ["models", "tune", "nope", "--task", "sentiment", "--data", DATA], "not a registered model"),
+    ("models-tune-task", ["models", "tune", MODEL, "--task", "nope", "--data", DATA], "unknown task 'nope'"),
 ]
 
 
@@ -122,6 +134,7 @@ def setting(tmp_path_factory) -> dict[str, str]:
     tagged = root / "tagged.jsonl"
     tagged.write_text('{"text": "a good film", "labels": ["joy"]}\n')
     model = save_tiny_distilbert(root / "model", labels=["negative", "positive"])
+    record_choice(model, "torch", threads=1)  # --backend auto resolves without a word, as for a tuned model
     return {"home": str(home), "model": str(model), "data": str(data), "tagged": str(tagged), "tmp": str(root)}
 
 

@@ -48,3 +48,17 @@ def test_gpus_are_named_from_the_driver_without_loading_cuda(machine):
     machine(ZEN3, "AMD EPYC", gpus=("NVIDIA H100 80GB HBM3",))
     assert hardware.gpus() == ("NVIDIA H100 80GB HBM3",)
     assert hardware.describe().endswith("; GPU NVIDIA H100 80GB HBM3")
+
+
+def test_the_fingerprint_is_the_flags_that_decide_the_backend_and_the_threads(machine):
+    machine(SAPPHIRE_RAPIDS + " sse4_2 popcnt", "Intel(R) Xeon(R) Platinum 8481C")
+    assert hardware.fingerprint(2) == (
+        "avx2 avx512f avx512bw avx512_vnni avx_vnni avx512_bf16 amx_tile amx_bf16 amx_int8; 2 threads"
+    )
+    machine(ZEN3, "AMD EPYC")
+    assert hardware.fingerprint(2) == "avx2; 2 threads"
+    assert hardware.fingerprint(1) == "avx2; 1 thread"
+    machine(ZEN3 + " sse4_1 aes", "Some other AVX2 CPU")  # flags no backend uses change nothing
+    assert hardware.fingerprint(2) == "avx2; 2 threads"
+    machine("fpu sse4_2", gpus=("NVIDIA H100 80GB HBM3",))
+    assert hardware.fingerprint(4) == "no avx2; 4 threads; GPU NVIDIA H100 80GB HBM3"
