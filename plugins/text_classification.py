@@ -1,5 +1,6 @@
 """What the sentiment and multi-label plugins share: one window per text, truncated to the
-model's maximum and flagged when that cut something off, and text-level training features."""
+model's maximum and flagged when that cut something off, or a long text read whole in
+overlapping windows; and text-level training features."""
 
 from __future__ import annotations
 
@@ -26,6 +27,24 @@ def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> 
             windows[sample][0] = Window(windows[sample][0].input_ids, context=True)
         else:
             windows[sample].append(Window(ids, context=False))
+    return windows
+
+
+def sliding_windows(tokenizer: Any, texts: Sequence[str], window: int, stride: int) -> list[list[Window]]:
+    """Each text whole, in windows of at most ``window`` tokens (special tokens included), each
+    sharing its first ``stride`` tokens with the end of the one before: the way a long text is
+    read to its end by a model trained on shorter ones."""
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=window,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_attention_mask=False,
+    )
+    windows: list[list[Window]] = [[] for _ in texts]
+    for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"], strict=True):
+        windows[sample].append(Window(ids, context=False))
     return windows
 
 

@@ -1,4 +1,5 @@
-"""The sentiment task: output shape, truncation flag, agreement with transformers, data reading."""
+"""The sentiment task: output shape, truncation flag, windows over long texts, agreement with transformers,
+data reading."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nlpkit.errors import DataFormatError, InvalidRecordError
+from nlpkit.errors import DataFormatError, InvalidRecordError, NlpkitError
 from nlpkit.inference.engine import Engine
 from nlpkit.inference.loading import load_model
+from nlpkit.models.files import write_metadata
 from nlpkit.tasks.base import Record
 from nlpkit_plugins.sentiment import SentimentTask
 
@@ -53,6 +55,48 @@ def test_scores_match_transformers_on_the_same_truncated_input(task, sentiment_m
             probabilities = model(**encoded).logits.softmax(-1)[0]
         expected = {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
         assert prediction.output["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_window_reads_long_texts_whole_and_averages_the_windows_logits(sentiment_model_dir):
+    """What the engine returns equals transformers run on each window the tokenizer cuts, logits averaged."""
+    task = SentimentTask(load_model(str(sentiment_model_dir), SentimentTask.model_class), window=32, stride=8)
+    tokenizer = AutoTokenizer.from_pretrained(sentiment_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(sentiment_model_dir).eval()
+    short, long = Engine(task, batch_size=3).predict([Record({"text": "a good film"}), Record({"text": LONG_TEXT})])
+    windows = tokenizer(LONG_TEXT, truncation=True, max_length=32, stride=8, return_overflowing_tokens=True)
+    assert (short.output["windows"], long.output["windows"]) == (1, len(windows["input_ids"]))
+    assert long.output["windows"] > 10 and long.output["truncated"] is False
+    # Together the windows hold every token of the text (each after the first repeats 8 of the one before).
+    whole = tokenizer(LONG_TEXT)["input_ids"]
+    assert sum(len(ids) - 2 for ids in windows["input_ids"]) - 8 * (len(windows["input_ids"]) - 1) == len(whole) - 2
+    with torch.no_grad():
+        logits = torch.cat([model(input_ids=torch.tensor([ids])).logits for ids in windows["input_ids"]])
+    probabilities = logits.mean(0).softmax(-1)
+    expected = {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
+    assert long.output["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_models_own_window_is_the_default_and_an_option_overrides_it(sentiment_model_dir, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "windowed"
+    shutil.copytree(sentiment_model_dir, model_dir)
+    write_metadata(model_dir, window=48)
+    loaded = load_model(str(model_dir), SentimentTask.model_class)
+    assert (SentimentTask(loaded).window, SentimentTask(loaded).stride) == (48, 12)
+    assert SentimentTask(loaded, window=24, stride=0).window == 24
+    [prediction] = Engine(SentimentTask(loaded)).predict([Record({"text": LONG_TEXT})])
+    assert prediction.output["windows"] > 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"window": 8}, "--window must be between 16"), ({"window": 10_000}, "--window must be between 16"),
+     ({"window": 32, "stride": 17}, "--stride must be between 0 and half the window (16)")],
+)  # fmt: skip
+def test_bad_windows_are_refused_with_the_limits(task, options, message):
+    with pytest.raises(NlpkitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SentimentTask(task.model, **options)
 
 
 @pytest.mark.parametrize(
