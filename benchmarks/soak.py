@@ -12,7 +12,7 @@ SIGTERM and checks that every message was stored exactly once. Exit status 1 if 
 
     .venv/bin/python benchmarks/soak.py --minutes 1                       # tiny random model, smoke run
     .venv/bin/python benchmarks/soak.py --starter --minutes 10 --rate 20  # the real 6-layer starter model
-    .venv/bin/python benchmarks/soak.py --model sst2-minilm --postgres --json-out soak.json --plot soak.png
+    .venv/bin/python benchmarks/soak.py --model imdb-minilm --postgres --json-out soak.json --plot soak.png
 
 The database is a fresh SQLite file by default; ``--postgres`` starts a local PostgreSQL
 server for the run and ``--database-url`` uses an existing database (rows are told apart

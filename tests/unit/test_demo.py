@@ -24,9 +24,21 @@ def demo(nlpkit_home):
 
 
 def test_no_streamed_review_is_among_the_training_examples(demo):
-    streamed = [json.loads(value)["text"] for _key, value in demo.streamed_messages(DATA / "imdb" / "train.jsonl")]
+    imdb = DATA / "imdb" / "train.jsonl"
+    streamed = {json.loads(value)["text"].strip() for _key, value in demo.streamed_messages(imdb)}
     assert len(streamed) == demo.SAMPLE_SIZE
-    training_file = demo.full_sentences(DATA / "sst2" / "train.tsv")  # exactly what ensure_model trains on
-    training = {example.record.fields["text"].strip() for example in SentimentTask.read_examples(training_file)}
-    assert len(training) > demo.TRAIN_EXAMPLES  # the sample is drawn from these
-    assert not training & {text.strip() for text in streamed}
+    training_file = demo.training_reviews(imdb)  # exactly what ensure_model samples its examples from
+    training = [example.record.fields["text"].strip() for example in SentimentTask.read_examples(training_file)]
+    assert len(training) > demo.TRAIN_EXAMPLES
+    assert not set(training) & streamed
+    # Everything else in IMDb's training file is kept: only the streamed reviews are left out.
+    kept_and_streamed = len(training) + sum(json.loads(line)["text"].strip() in streamed for line in imdb.open())
+    assert kept_and_streamed == sum(1 for line in imdb.open() if line.strip())
+
+
+def test_the_training_reviews_are_written_once(demo):
+    imdb = DATA / "imdb" / "train.jsonl"
+    first = demo.training_reviews(imdb)
+    written = first.stat().st_mtime_ns
+    assert demo.training_reviews(imdb) == first
+    assert first.stat().st_mtime_ns == written
