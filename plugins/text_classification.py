@@ -12,22 +12,11 @@ from nlpkit import EncodedExample, Example, TaskModel, Window
 
 def truncated_windows(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[Window]]:
     """One window per text; ``Window.context`` is True when the text did not fit."""
-    encoded = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        return_overflowing_tokens=True,
-        return_attention_mask=False,
-    )
-    # With overflow on, each text yields its first window and then the rest; the rest only
-    # tells us the text did not fit.
-    windows: list[list[Window]] = [[] for _ in texts]
-    for ids, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"], strict=True):
-        if windows[sample]:
-            windows[sample][0] = Window(windows[sample][0].input_ids, context=True)
-        else:
-            windows[sample].append(Window(ids, context=False))
-    return windows
+    # The first of a text's windows is its truncation; any further one only tells that it did not fit.
+    return [
+        [Window(windows[0].input_ids, context=len(windows) > 1)]
+        for windows in sliding_windows(tokenizer, texts, max_length, stride=0)
+    ]
 
 
 def sliding_windows(tokenizer: Any, texts: Sequence[str], window: int, stride: int) -> list[list[Window]]:
