@@ -69,7 +69,7 @@ def main() -> int:
             return 1
     database = migrated_database(settings.get("database_url"))
     ensure_model(database, imdb, sst2_dev)
-    ensure_backend(sst2_dev)
+    ensure_backend(database, sst2_dev)
 
     ensure_kafka_jars()
     was_running = local_broker_status().running
@@ -123,9 +123,12 @@ def ensure_model(database: Database, imdb: Path, sst2_dev: Path) -> None:
     console.print(f"SST-2 dev accuracy {result.best_metrics['accuracy']:.1%}; saved to {result.model_dir}")
 
 
-def ensure_backend(sst2_dev: Path) -> None:
+def ensure_backend(database: Database, sst2_dev: Path) -> None:
     """Let `--backend auto` measure the backends for the model on this machine once, visibly, before the
     worker starts (the worker would otherwise do it silently on first use)."""
+    entry = database.models.find(MODEL_NAME)
+    if entry is not None and tuning.recorded(entry.path, entry.revision) is not None:
+        return  # chosen on an earlier run: the worker reads the record
     console.print("Choosing the fastest backend that agrees with fp32 on this machine (`nlpkit models tune`)...")
     subprocess.run(
         [sys.executable, "-m", "nlpkit", "models", "tune", MODEL_NAME, "--task", "sentiment", "--data", str(sst2_dev),
