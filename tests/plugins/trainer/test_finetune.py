@@ -152,6 +152,28 @@ def test_early_stopping_ends_the_run_after_patience_runs_out(tmp_path, base_mode
     assert result.best_metrics == {k: result.history[0][k] for k in ("accuracy", "f1")}
 
 
+def test_frozen_layers_keep_their_weights_while_the_rest_learns(tmp_path, base_model, database):
+    from safetensors.torch import load_file
+
+    fine_tune(tiny_config(tmp_path, base_model, epochs=1, freeze_layers=1), database)
+    before = load_file(base_model / "model.safetensors")  # a bare DistilBertModel: no "distilbert." prefix
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    changed = {name for name in before if not before[name].equal(after[f"distilbert.{name}"])}
+    assert len(before) > 20 and not any(name.startswith(("embeddings.", "transformer.layer.0.")) for name in changed)
+    assert any(name.startswith("transformer.layer.1.") for name in changed)
+
+
+def test_freezing_more_layers_than_the_model_has_is_one_line(tmp_path, base_model, nlpkit_home):
+    runner = CliRunner()
+    assert runner.invoke(build_cli(), ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(build_cli(), [
+        "train", "sentiment", "--data", str(write_reviews(tmp_path / "train.jsonl", 20, seed=1)),
+        "--model", str(base_model), "--name", "x", "--freeze-layers", "3",
+    ])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --freeze-layers 3: the model has 2 transformer layers"
+
+
 def test_two_processes_under_accelerate_launch(tmp_path, base_model, nlpkit_home):
     """The same `nlpkit train` command, started by `accelerate launch` as two CPU processes."""
     import os
