@@ -15,11 +15,19 @@ from nlpkit import settings
 from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
+from nlpkit.system.hardware import has_bf16
 
 stderr = Console(stderr=True)
 # Backends the bench times only when --backend names them: making openvino-int8's model re-runs NNCF for
-# every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores).
+# every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores); torch.compile of
+# emulated bf16 (no bf16 units) compiles for minutes to run slower than fp32.
 UNLESS_NAMED = ("openvino-int8",)
+
+
+def _bench_by_default(name: str) -> bool:
+    backend = BACKENDS[name]
+    return name not in UNLESS_NAMED and not (backend.compiled and backend.precision == "bf16" and not has_bf16())
+
 
 data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -271,7 +279,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
         tokenizer = AutoTokenizer.from_pretrained(path)
         cut = benchmark.cut_texts([e.record for e in examples], tokenizer, options.max_length)
         examples = [type(e)(record, e.target, e.source) for e, record in zip(examples, cut, strict=True)]
-    chosen = list(backends or (name for name in backends_here() if name not in UNLESS_NAMED))
+    chosen = list(backends or filter(_bench_by_default, backends_here()))
     for backend in INT8_BACKENDS:
         if backend in chosen:
             _ensure_int8(backend, task_name, model, registry, options.calibration_data or data, options.seed)

@@ -21,9 +21,10 @@ class Backend:
     name: str
     description: str
     precision: str  # what its matrix multiplies compute in: fp32, bf16 or int8
-    autocast_dtype: str | None = None  # a torch dtype's name
+    torch_dtype: str | None = None  # a torch dtype's name: torch backends other than fp32 load their weights in it
     onnx_file: str | None = None  # which cached ONNX model runs it ("fp32", "int8"); None runs the torch model
     openvino_file: str | None = None  # which cached OpenVINO model runs it ("fp32", "int8"), computing in ``precision``
+    compiled: bool = False  # the torch model goes through torch.compile (inductor) when loaded
 
     @property
     def is_graph(self) -> bool:
@@ -36,12 +37,18 @@ class Backend:
         never used; torch's bf16 runs anywhere (emulated, slowly), so the bench shows what it costs."""
         return self.openvino_file is None or self.precision != "bf16" or has_bf16()
 
-    def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
+    def autocast(self, device_type: str, weights_dtype: Any) -> contextlib.AbstractContextManager[Any]:
+        """What a forward pass on the torch backends runs under. A model loaded for inference holds its
+        weights in ``torch_dtype`` already and needs nothing: autocast would re-cast every weight on
+        every call. A model being trained keeps fp32 master weights, so it computes under autocast."""
+        if self.torch_dtype is None:
             return contextlib.nullcontext()
         import torch
 
-        return torch.autocast(device_type=device_type, dtype=getattr(torch, self.autocast_dtype))
+        dtype = getattr(torch, self.torch_dtype)
+        if weights_dtype == dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 BACKENDS = {
@@ -50,9 +57,22 @@ BACKENDS = {
         Backend("torch", "fp32 torch", "fp32"),
         Backend(
             "bf16",
-            "torch under bf16 autocast: fast only where the CPU/GPU has bf16 units",
+            "torch with bf16 weights: fast only where the CPU/GPU has bf16 units",
             "bf16",
-            autocast_dtype="bfloat16",
+            torch_dtype="bfloat16",
+        ),
+        Backend(
+            "torch-compiled",
+            "fp32 torch through torch.compile: faster once compiled, which takes about a minute in each process",
+            "fp32",
+            compiled=True,
+        ),
+        Backend(
+            "bf16-compiled",
+            "bf16 torch through torch.compile: where the CPU/GPU has bf16 units; compiles for about a minute",
+            "bf16",
+            torch_dtype="bfloat16",
+            compiled=True,
         ),
         Backend(
             "onnx",

@@ -100,7 +100,7 @@ class LoadedModel:
             return run_session(self.session, input_ids, attention_mask)
         import torch
 
-        with torch.inference_mode(), self.backend.autocast(self.device_type):
+        with torch.inference_mode(), self.backend.autocast(self.device_type, self.model.dtype):
             output = self.model(
                 input_ids=torch.from_numpy(input_ids).to(self.model.device),
                 attention_mask=torch.from_numpy(attention_mask).to(self.model.device),
@@ -209,11 +209,19 @@ def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
 
     apply_to_torch()
     chosen = pick_device(device)
+    dtype = loaded.backend.torch_dtype or "float32"  # attention runs through scaled_dot_product_attention (sdpa)
     try:
         with quiet_loading():
-            model = getattr(transformers, loaded.model_class).from_pretrained(loaded.path)
+            model = getattr(transformers, loaded.model_class).from_pretrained(loaded.path, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{ref}' from {loaded.path}: {exc}") from exc
     loaded.first_token_only = first_token_only_where_possible(model)
-    loaded.model = model.eval().to(chosen)
+    model = model.eval().to(chosen)
+    if loaded.backend.compiled:
+        import torch
+
+        # Compiled on the first batch, for any batch size and length (dynamic shapes), so the
+        # length-sorted batches of a stream do not each compile again.
+        model = torch.compile(model, dynamic=True)
+    loaded.model = model
     loaded.device = str(chosen)

@@ -206,6 +206,8 @@ def tune(
 def _not_worth_timing(name: str, device: str) -> str | None:
     backend = BACKENDS[name]
     on_cpu = device == "cpu" or (device == AUTO and not gpus())
+    if backend.compiled:
+        return "torch.compile takes about a minute in every process that loads it: name it with --backend"
     if backend.precision == "bf16" and not backend.is_graph and on_cpu and not has_bf16():
         return "emulated on this CPU (no AVX512-BF16 or AMX units): slower than fp32"
     if not backend.runs_here():

@@ -64,6 +64,20 @@ def test_an_fp32_graph_forward_matches_torch_logits_on_padded_batches(sentiment_
     assert graph_model.first_token_only  # the [CLS]-only last layer carried into the graph
 
 
+def test_torch_bf16_holds_its_weights_in_bf16_and_compiled_torch_gives_torch_scores(sentiment_copy: Path) -> None:
+    import torch
+
+    records = [Record({"text": t}) for t in sentences(40)]
+    reference = load_task("sentiment", str(sentiment_copy))
+    bf16 = load_task("sentiment", str(sentiment_copy), backend="bf16")
+    assert {p.dtype for p in bf16.model.model.parameters()} == {torch.bfloat16}  # no per-call casts of fp32 weights
+    compiled = load_task("sentiment", str(sentiment_copy), backend="torch-compiled")
+    assert isinstance(compiled.model.model, torch._dynamo.eval_frame.OptimizedModule)
+    expected = [p.output for p in Engine(reference).predict(records)]
+    assert distance(expected, [p.output for p in Engine(compiled).predict(records)]) < 1e-4  # same labels too
+    assert agreement(expected, [p.output for p in Engine(bf16).predict(records)]) >= 0.9  # a random model's near ties
+
+
 @pytest.mark.parametrize("backend", FP32_GRAPHS)
 def test_the_graph_is_cached_beside_the_model_and_redone_for_new_weights(sentiment_copy: Path, backend: str) -> None:
     load_model(str(sentiment_copy), "DistilBertForSequenceClassification", backend=backend)

@@ -125,12 +125,14 @@ def test_torch_answers_for_reference_even_when_it_is_not_a_candidate(sentiment_c
 
 def test_int8_without_its_file_and_emulated_bf16_are_not_timed(sentiment_copy: Path, no_bf16_units: None) -> None:
     calls: list[str] = []
-    candidates = ["torch", "bf16", "int8", "openvino-int8"]
+    candidates = ["torch", "bf16", "int8", "openvino-int8", "torch-compiled"]
     result = tune(sentiment_copy, timings({"torch": 1.0}), candidates, calls)
     assert "bf16" not in calls  # emulated bf16 takes minutes and cannot win: never loaded
+    assert "torch-compiled" not in calls  # compiling would delay every worker's start by a minute
     skipped = {m.backend: m.skipped for m in result.measurements}
     assert skipped["torch"] is None and result.backend == "torch"
     assert skipped["bf16"].startswith("emulated on this CPU")
+    assert skipped["torch-compiled"].startswith("torch.compile takes about a minute")
     assert "`nlpkit models quantize MODEL` makes it (slow, so tune does not)" in skipped["int8"]
     assert "`nlpkit models quantize MODEL --backend openvino-int8`" in skipped["openvino-int8"]
     assert result.verdict(result.measured("int8"), 0.99).startswith("skipped: not made for these weights")
