@@ -39,8 +39,8 @@ class SentimentTask(Task):
     tokens, each sharing ``stride`` tokens with the one before, whose logits are averaged. A
     model fine-tuned on short inputs judges long ones better that way than by reading one long
     window it never trained on (the demo's model: 84-85% on whole IMDb reviews cut at 512
-    tokens, 86-88% in windows of 128). The model's own ``window`` (its nlpkit.json, written
-    by whoever trained it) is the default.
+    tokens, 85-88% in windows of 128). The model's own ``window`` and ``stride`` (its
+    nlpkit.json, written by whoever trained it) are the defaults.
     """
 
     name = "sentiment"
@@ -50,7 +50,8 @@ class SentimentTask(Task):
     options = (
         TaskOption("window", int, None, "read long texts whole, in windows of this many tokens, averaged "
                    "[the model's window, else truncate at its maximum]"),
-        TaskOption("stride", int, None, "tokens each window shares with the one before [window / 4]"),
+        TaskOption("stride", int, None, "tokens each window shares with the one before "
+                   "[the model's stride with its window, else window / 4]"),
     )  # fmt: skip
 
     def __init__(self, model: Any, **options: Any) -> None:
@@ -59,6 +60,8 @@ class SentimentTask(Task):
         if self.window is not None and not MIN_WINDOW <= self.window <= model.max_length:
             raise NlpkitError(f"--window must be between {MIN_WINDOW} and the model's maximum, {model.max_length}")
         stride = self.settings["stride"]
+        if stride is None and self.settings["window"] is None:  # the model's window, read the model's way
+            stride = model.metadata.get("stride")
         self.stride = (self.window or 0) // 4 if stride is None else stride
         if self.window is not None and not 0 <= self.stride <= self.window // 2:
             raise NlpkitError(f"--stride must be between 0 and half the window ({self.window // 2})")

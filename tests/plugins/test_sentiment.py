@@ -87,6 +87,11 @@ def test_the_models_own_window_is_the_default_and_an_option_overrides_it(sentime
     assert SentimentTask(loaded, window=24, stride=0).window == 24
     [prediction] = Engine(SentimentTask(loaded)).predict([Record({"text": LONG_TEXT})])
     assert prediction.output["windows"] > 1
+    write_metadata(model_dir, window=48, stride=0)  # a model's stride goes with its window, not with another
+    loaded = load_model(str(model_dir), SentimentTask.model_class)
+    assert (SentimentTask(loaded).stride, SentimentTask(loaded, window=24).stride) == (0, 6)
+    [unshared] = Engine(SentimentTask(loaded)).predict([Record({"text": LONG_TEXT})])
+    assert unshared.output["windows"] < prediction.output["windows"]
 
 
 @pytest.mark.parametrize(
