@@ -15,18 +15,21 @@ from nlpkit import settings
 from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
-from nlpkit.system.hardware import has_bf16
+from nlpkit.system.hardware import gpus, has_bf16
 
 stderr = Console(stderr=True)
 # Backends the bench times only when --backend names them: making openvino-int8's model re-runs NNCF for
-# every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores); torch.compile of
-# emulated bf16 (no bf16 units) compiles for minutes to run slower than fp32.
+# every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores).
 UNLESS_NAMED = ("openvino-int8",)
 
 
 def _bench_by_default(name: str) -> bool:
+    """Whether the bench times ``name`` when --backend names none: not the slow-to-make ones above, and not
+    torch's bf16 where it would be emulated (no bf16 units, no GPU): slower than fp32 and minutes to time
+    (SST-2 dev: 12 sentences/s against fp32 torch's 29 on 2 busy Zen 3 cores), as `--backend auto` skips it."""
     backend = BACKENDS[name]
-    return name not in UNLESS_NAMED and not (backend.compiled and backend.precision == "bf16" and not has_bf16())
+    emulated = backend.precision == "bf16" and not backend.is_graph and not (has_bf16() or gpus())
+    return name not in UNLESS_NAMED and not emulated
 
 
 data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
