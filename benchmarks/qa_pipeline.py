@@ -140,10 +140,12 @@ def run_variants(
         (REFERENCE, legacy, {"kind": "pipeline", "batch_size": 32}),
         ("nlpkit engine torch", sys.executable, {"kind": "engine", "backend": "torch"}),
         ("nlpkit engine onnx", sys.executable, {"kind": "engine", "backend": "onnx"}),
+        ("nlpkit engine openvino", sys.executable, {"kind": "engine", "backend": "openvino"}),
     ]
     skipped = []
     if has_bf16():
-        variants.append(("nlpkit engine bf16", sys.executable, {"kind": "engine", "backend": "bf16"}))
+        for backend in ("bf16", "openvino-bf16"):
+            variants.append((f"nlpkit engine {backend}", sys.executable, {"kind": "engine", "backend": backend}))
     else:
         skipped.append("bf16 skipped: this CPU has no native bf16, and torch's emulation is slower than fp32.")
     if int8_exists(model_dir):
