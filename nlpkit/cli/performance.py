@@ -225,6 +225,7 @@ class BenchOptions:
     repeat: int
     seed: int
     as_json: bool
+    markdown: bool
 
 
 @click.command()
@@ -258,6 +259,7 @@ class BenchOptions:
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON objects, one per line.")
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown, as docs/PERFORMANCE.md shows it.")
 @pass_state
 def bench(state: CliState, task_name: str, model: str, data: Path, backends: tuple[str, ...], **given: Any) -> None:
     """Time the transformers pipeline, the OpenVINO peer, the engine on each backend and the streaming path,
@@ -313,7 +315,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
             click.echo(json.dumps(asdict(row)))
         return
     title = f"{task_name} · {path.name} · {len(examples)} records of {data.name} · {threads} threads"
-    _print_table(rows, title, facts)
+    _print_table(rows, title, facts, options.markdown)
 
 
 def _ensure_int8(backend: str, task_name: str, model: str, registry: Any, data: Path, seed: int) -> None:
@@ -344,8 +346,10 @@ def _local_broker(stack: Any) -> str:
     return broker.bootstrap_servers
 
 
-def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
-    table = Table(title=title, caption=_caption(facts))
+def _print_table(rows: list[Any], title: str, facts: dict[str, Any], markdown: bool = False) -> None:
+    from rich import box
+
+    table = Table(title=title, caption=_caption(facts), box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
     for column in (
         "variant",
         "seq/s",
@@ -373,7 +377,7 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any]) -> None:
             f"{row.rss_mb:,.0f}",
             f"{row.load_s:.2f}",
         )
-    Console().print(table)
+    Console(width=300 if markdown else None).print(table)  # a Markdown row must not wrap
 
 
 def _caption(facts: dict[str, Any]) -> str:

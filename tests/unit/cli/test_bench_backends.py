@@ -22,3 +22,16 @@ def test_the_bench_leaves_out_emulated_bf16_and_openvino_int8_unless_named(
     assert {"torch", "torch-compiled", "onnx", "int8", "openvino", "openvino-bf16"} <= timed
     assert "openvino-int8" not in timed
     assert timed & {"bf16", "bf16-compiled"} == expected_bf16
+
+
+def test_markdown_tables_keep_each_row_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from nlpkit.bench.suite import BenchRow
+
+    row = BenchRow("stream openvino (Kafka -> SQLite)", 123.4, 4567.0, 3.21, 0.87, 0.9989, 1234.0, 0.31,
+                   metrics={"accuracy": 0.8807}, ratio_to_peer=1.04)  # fmt: skip
+    performance._print_table([row], "sentiment · model · 872 records", {"matmul_gflops": {"fp32": 187.0}}, True)
+    lines = capsys.readouterr().out.splitlines()
+    [header] = [line for line in lines if line.startswith("| variant")]
+    [body] = [line for line in lines if "stream openvino" in line]
+    assert header.count("|") == body.count("|") == 11
+    assert "123.4" in body and "99.89%" in body and "accuracy 0.8807" in body
