@@ -287,9 +287,11 @@ def explain(database: Database, topic: str) -> None:
     if run is not None:
         params = run.params
         read_up_to = f", each read up to {params['max_length']} tokens," if params.get("max_length") else ""
+        frozen = params.get("freeze_layers")
         trained_on = (
             f"{params.get('epochs')} epoch(s) over {params.get('max_examples') or 'all'} examples of "
             f"{Path(str(params.get('data'))).name}{read_up_to} at learning rate {params.get('learning_rate')}"
+            + (f", the embeddings and lowest {frozen} layers kept as they were" if frozen else "")
         )
     dev = (entry.metrics or {}).get("accuracy") if entry else None
     window = read_metadata(entry.path).get("window") if entry else None
