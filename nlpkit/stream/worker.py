@@ -101,6 +101,9 @@ class WorkerStats:
     dead_letters: int = 0
     tombstones: int = 0
     batches: int = 0
+    # time.perf_counter() at the last successful offset commit: when the work was done, before the
+    # consumer leaves its group on the way out (the bench times a stream to here).
+    committed_at: float | None = None
 
 
 class Worker:
@@ -406,6 +409,7 @@ class Worker:
                 log.warning("offset commit failed (%s); the batch may be redelivered", exc.args[0].str())
                 return
         self._committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
+        self.stats.committed_at = time.perf_counter()
 
     def _commit_in_transaction(
         self, consumer: Consumer, batch: ProcessedBatch | None, offsets: list[TopicPartition]

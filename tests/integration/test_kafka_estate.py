@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import threading
+import time
 import uuid
 
 import pytest
@@ -110,9 +111,11 @@ def test_binary_keys_are_stored_byte_for_byte_and_never_dead_letter_a_message(
     database = migrated(database_url)
     worker = sentiment_worker(bootstrap, topic, database, sentiment_model_dir, max_messages=len(BINARY_KEYS))
 
+    before = time.perf_counter()
     stats = worker.run()
 
     assert (stats.predictions, stats.dead_letters) == (len(BINARY_KEYS), 0)
+    assert before < stats.committed_at < time.perf_counter()  # when the last offsets were committed
     with database.session() as session:
         rows = session.execute(
             select(PredictionRow.source_key, PredictionRow.source_key_text, PredictionRow.record_id).order_by(
