@@ -27,6 +27,9 @@ from nlpkit_plugins.text_classification import encode_labelled_texts, sliding_wi
 
 # The shortest window worth reading: [CLS], [SEP] and a few words, with room to overlap.
 MIN_WINDOW = 16
+# ``window=0``: no windows, truncate at the model's maximum even where the model names a window (what
+# transformers' pipeline does, so the bench compares like with like).
+TRUNCATE = 0
 # SST-2 and IMDb both write 0 for negative and 1 for positive.
 BINARY_LABEL_NAMES = {0: "negative", 1: "positive"}
 
@@ -48,17 +51,21 @@ class SentimentTask(Task):
     input_fields = ("text",)
     model_class = "AutoModelForSequenceClassification"
     options = (
-        TaskOption("window", int, None, "read long texts whole, in windows of this many tokens, averaged "
-                   "[the model's window, else truncate at its maximum]"),
+        TaskOption("window", int, None, "read long texts whole, in windows of this many tokens, averaged; "
+                   "0 truncates [the model's window, else truncate at its maximum]"),
         TaskOption("stride", int, None, "tokens each window shares with the one before "
                    "[the model's stride with its window, else window / 4]"),
     )  # fmt: skip
 
     def __init__(self, model: Any, **options: Any) -> None:
         super().__init__(model, **options)
-        self.window = self.settings["window"] or model.metadata.get("window")
+        given = self.settings["window"]
+        self.window = (None if given == TRUNCATE else given) if given is not None else model.metadata.get("window")
         if self.window is not None and not MIN_WINDOW <= self.window <= model.max_length:
-            raise NlpkitError(f"--window must be between {MIN_WINDOW} and the model's maximum, {model.max_length}")
+            raise NlpkitError(
+                f"--window must be between {MIN_WINDOW} and the model's maximum, {model.max_length} "
+                f"({TRUNCATE}: truncate)"
+            )
         stride = self.settings["stride"]
         if stride is None and self.settings["window"] is None:  # the model's window, read the model's way
             stride = model.metadata.get("stride")

@@ -85,6 +85,8 @@ def test_the_models_own_window_is_the_default_and_an_option_overrides_it(sentime
     loaded = load_model(str(model_dir), SentimentTask.model_class)
     assert (SentimentTask(loaded).window, SentimentTask(loaded).stride) == (48, 12)
     assert SentimentTask(loaded, window=24, stride=0).window == 24
+    [truncated] = Engine(SentimentTask(loaded, window=0)).predict([Record({"text": LONG_TEXT})])
+    assert truncated.output["truncated"] is True and "windows" not in truncated.output  # 0: as pipelines read
     [prediction] = Engine(SentimentTask(loaded)).predict([Record({"text": LONG_TEXT})])
     assert prediction.output["windows"] > 1
     write_metadata(model_dir, window=48, stride=0)  # a model's stride goes with its window, not with another

@@ -35,3 +35,11 @@ def test_markdown_tables_keep_each_row_on_one_line(capsys: pytest.CaptureFixture
     [body] = [line for line in lines if "stream openvino" in line]
     assert header.count("|") == body.count("|") == 11
     assert "123.4" in body and "99.89%" in body and "accuracy 0.8807" in body
+
+
+def test_the_engine_reads_as_the_pipelines_it_is_measured_against() -> None:
+    from nlpkit.plugins import get_task_class
+
+    # The sentiment model may name a window of its own; the pipelines truncate, so the bench tells it to.
+    assert performance._read_as_pipelines_read(get_task_class("sentiment")) == {"window": 0}
+    assert performance._read_as_pipelines_read(get_task_class("ner")) == {}
