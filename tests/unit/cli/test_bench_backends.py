@@ -43,3 +43,13 @@ def test_the_engine_reads_as_the_pipelines_it_is_measured_against() -> None:
     # The sentiment model may name a window of its own; the pipelines truncate, so the bench tells it to.
     assert performance._read_as_pipelines_read(get_task_class("sentiment")) == {"window": 0}
     assert performance._read_as_pipelines_read(get_task_class("ner")) == {}
+
+
+def test_every_precision_a_backend_computes_in_has_a_matmul_rate() -> None:
+    from nlpkit.bench.variant import matmul_rates
+
+    rates = matmul_rates(threads=1, seconds=0.05)
+    assert set(rates) == {"fp32", "bf16", "int8"}
+    # int8 always has ONNX Runtime's kernel behind it (torch has only a slow fallback without VNNI), so
+    # "% peak" for an int8 variant is measured against a rate that exists, never against None or a fallback.
+    assert rates["fp32"] > 0 and rates["int8"] > 0
