@@ -65,13 +65,7 @@ def loop_options(function: Any) -> Any:
 @click.option("--model", "base_model", required=True, metavar="REF", help="Starting checkpoint (directory or name).")
 @click.option("--name", required=True, help="Register the trained model under this name.")
 @click.option("--max-examples", type=positive, help="Train on a seeded random sample of this size.")
-@click.option(
-    "--freeze-layers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Keep the embeddings and this many lowest transformer layers as they are (faster; small data).",
-)  # fmt: skip
+@click.option("--freeze-layers", default=0, type=click.IntRange(min=0), help="Keep embeddings + N lowest layers [0].")
 @loop_options
 @pass_state
 def train(state: CliState, task: str, **options: Any) -> None:
