@@ -15,7 +15,7 @@ from nlpkit import settings
 from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
-from nlpkit.system.hardware import gpus, has_bf16
+from nlpkit.system.hardware import gpus
 
 stderr = Console(stderr=True)
 # Backends the bench times only when --backend names them: making openvino-int8's model re-runs NNCF for
@@ -25,11 +25,9 @@ UNLESS_NAMED = ("openvino-int8",)
 
 def _bench_by_default(name: str) -> bool:
     """Whether the bench times ``name`` when --backend names none: not the slow-to-make ones above, and not
-    torch's bf16 where it would be emulated (no bf16 units, no GPU): slower than fp32 and minutes to time
-    (SST-2 dev: 12 sentences/s against fp32 torch's 29 on 2 busy Zen 3 cores), as `--backend auto` skips it."""
-    backend = BACKENDS[name]
-    emulated = backend.precision == "bf16" and not backend.is_graph and not (has_bf16() or gpus())
-    return name not in UNLESS_NAMED and not emulated
+    torch's bf16 where it would be emulated (SST-2 dev: 12 sentences/s against fp32 torch's 29 on 2 busy
+    Zen 3 cores), which `--backend auto` skips too."""
+    return name not in UNLESS_NAMED and not BACKENDS[name].emulated(on_cpu=not gpus())
 
 
 data_file = click.Path(exists=True, dir_okay=False, path_type=Path)

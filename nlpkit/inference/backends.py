@@ -37,6 +37,11 @@ class Backend:
         never used; torch's bf16 runs anywhere (emulated, slowly), so the bench shows what it costs."""
         return self.openvino_file is None or self.precision != "bf16" or has_bf16()
 
+    def emulated(self, on_cpu: bool) -> bool:
+        """Whether torch would emulate this backend's bf16: on a CPU without bf16 units it runs slower
+        than fp32 and takes minutes to time, so neither `--backend auto` nor the bench times it unasked."""
+        return self.precision == "bf16" and not self.is_graph and on_cpu and not has_bf16()
+
     def autocast(self, device_type: str, weights_dtype: Any) -> contextlib.AbstractContextManager[Any]:
         """What a forward pass on the torch backends runs under. A model loaded for inference holds its
         weights in ``torch_dtype`` already and needs nothing: autocast would re-cast every weight on

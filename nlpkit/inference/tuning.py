@@ -40,7 +40,7 @@ from nlpkit.inference.agreement import agreement
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
 from nlpkit.inference.int8 import outputs
 from nlpkit.inference.onnx.runtime import cache_dir, read_report, write_report
-from nlpkit.system.hardware import describe, fingerprint, gpus, has_bf16
+from nlpkit.system.hardware import describe, fingerprint, gpus
 from nlpkit.system.threads import thread_count
 from nlpkit.tasks.base import Record, Task
 
@@ -208,7 +208,7 @@ def _not_worth_timing(name: str, device: str) -> str | None:
     on_cpu = device == "cpu" or (device == AUTO and not gpus())
     if backend.compiled:
         return "torch.compile takes about a minute in every process that loads it: name it with --backend"
-    if backend.precision == "bf16" and not backend.is_graph and on_cpu and not has_bf16():
+    if backend.emulated(on_cpu):
         return "emulated on this CPU (no AVX512-BF16 or AMX units): slower than fp32"
     if not backend.runs_here():
         return "this CPU has no bf16 units"

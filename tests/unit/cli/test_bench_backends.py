@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nlpkit.cli import performance
+from nlpkit.inference import backends
 from nlpkit.inference.backends import BACKENDS
 
 
@@ -16,7 +17,7 @@ from nlpkit.inference.backends import BACKENDS
 def test_the_bench_leaves_out_emulated_bf16_and_openvino_int8_unless_named(
     monkeypatch: pytest.MonkeyPatch, bf16_units: bool, expected_bf16: set[str]
 ) -> None:
-    monkeypatch.setattr(performance, "has_bf16", lambda: bf16_units)
+    monkeypatch.setattr(backends, "has_bf16", lambda: bf16_units)
     monkeypatch.setattr(performance, "gpus", lambda: ())
     timed = {name for name in BACKENDS if performance._bench_by_default(name)}
     assert {"torch", "torch-compiled", "onnx", "int8", "openvino", "openvino-bf16"} <= timed

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from reviews import sentences
 
-from nlpkit.inference import tuning
+from nlpkit.inference import backends, tuning
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS
 from nlpkit.inference.int8 import outputs
 from nlpkit.inference.onnx import quantize as onnx_quantize
@@ -68,7 +68,7 @@ def tune(model_dir: Path, measure: tuning.Measure, candidates: Sequence[str], ca
 
 @pytest.fixture
 def no_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tuning, "has_bf16", lambda: False)
+    monkeypatch.setattr(backends, "has_bf16", lambda: False)
     monkeypatch.setattr(tuning, "gpus", lambda: ())
 
 
