@@ -97,7 +97,7 @@ def matmul_rates(threads: int, seconds: float = 0.5) -> dict[str, float | None]:
 
     torch.set_num_threads(threads)
     operands = {
-        "fp32": (lambda size: (torch.randn(size, size), torch.randn(size, size)), torch.mm),
+        "fp32": (lambda size: (torch.randn(size, size),) * 2, torch.mm),
         "bf16": (lambda size: (torch.randn(size, size, dtype=torch.bfloat16),) * 2, torch.mm),
         "int8": (
             lambda size: (torch.randint(-128, 128, (size, size), dtype=torch.int8),) * 2,

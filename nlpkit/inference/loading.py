@@ -209,7 +209,7 @@ def _load_torch(loaded: LoadedModel, ref: str, device: str) -> None:
 
     apply_to_torch()
     chosen = pick_device(device)
-    dtype = loaded.backend.torch_dtype or "float32"  # attention runs through scaled_dot_product_attention (sdpa)
+    dtype = loaded.backend.torch_dtype or "float32"  # bf16 weights: no per-call casts (attention is sdpa already)
     try:
         with quiet_loading():
             model = getattr(transformers, loaded.model_class).from_pretrained(loaded.path, dtype=dtype)

@@ -59,8 +59,10 @@ class SentimentTask(Task):
 
     def __init__(self, model: Any, **options: Any) -> None:
         super().__init__(model, **options)
-        given = self.settings["window"]
-        self.window = (None if given == TRUNCATE else given) if given is not None else model.metadata.get("window")
+        window = self.settings["window"]
+        if window is None:
+            window = model.metadata.get("window")
+        self.window = None if window == TRUNCATE else window
         if self.window is not None and not MIN_WINDOW <= self.window <= model.max_length:
             raise NlpkitError(
                 f"--window must be between {MIN_WINDOW} and the model's maximum, {model.max_length} "
