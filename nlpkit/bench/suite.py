@@ -47,6 +47,9 @@ class BenchRow:
     precision: str = "fp32"  # what the variant's matrix multiplies compute in
     hardware: str = ""  # the machine, as nlpkit.system.hardware.describe() names it
     ratio_to_peer: float | None = None  # throughput over the OpenVINO peer's
+    # The stream's: its throughput over its own engine's, timed right after each stream run in the same
+    # process (the engine's row ran minutes apart in another, and shared machines drift by more than the gap).
+    share_of_engine: float | None = None
 
 
 @dataclass
@@ -207,6 +210,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
                 precision=precision,
                 hardware=machine,
                 ratio_to_peer=peer / seconds if peer else None,
+                share_of_engine=result["engine_seconds"] / seconds if "engine_seconds" in result else None,
             )
         )
     return rows

@@ -355,7 +355,7 @@ def _local_broker(stack: Any) -> str:
 def _print_table(rows: list[Any], title: str, facts: dict[str, Any], markdown: bool = False) -> None:
     from rich import box
 
-    table = Table(title=title, caption=_caption(facts), box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
+    table = Table(title=title, caption=_caption(rows, facts), box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
     for column in (
         "variant",
         "seq/s",
@@ -386,15 +386,17 @@ def _print_table(rows: list[Any], title: str, facts: dict[str, Any], markdown: b
     Console(width=300 if markdown else None).print(table)  # a Markdown row must not wrap
 
 
-def _caption(facts: dict[str, Any]) -> str:
+def _caption(rows: list[Any], facts: dict[str, Any]) -> str:
     from nlpkit.system.hardware import describe
 
     rates = ", ".join(f"{precision} {rate:,.0f}" for precision, rate in facts["matmul_gflops"].items())
+    shares = [f"; the stream kept {row.share_of_engine:.0%} of its engine's throughput, timed after it in the "
+              "same process" for row in rows if row.share_of_engine is not None]  # fmt: skip
     return (
         f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; x peer: over "
         "OpenVINO run as its users run it (convert_model, length-sorted batches of 32); % peak: model "
         "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
-        f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32)"
+        f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32)" + "".join(shares)
     )
 
 

@@ -232,6 +232,8 @@ def test_bench_times_pipelines_engines_and_the_stream(
     assert rows["pipeline (batch 32)"]["agreement"] == 1.0  # the same model answers the same through transformers
     streamed = [row for name, row in rows.items() if name.startswith("stream ")]
     assert len(streamed) == 1 and streamed[0]["agreement"] >= 0.99  # every message stored and answered
+    assert streamed[0]["share_of_engine"] > 0  # its engine, timed in the same process
+    assert all(row["share_of_engine"] is None for name, row in rows.items() if not name.startswith("stream "))
     assert all(row["seq_per_s"] > 0 and row["rss_mb"] > 0 for row in rows.values())
     assert max(row["ratio_to_pipeline"] for name, row in rows.items() if name.startswith("pipeline")) == 1.0
     assert "accuracy" in rows["engine torch"]["metrics"]
