@@ -57,8 +57,21 @@ def test_long_windows_batch_within_the_attention_budget(task):
     engine = Engine(task, batch_size=64, max_batch_tokens=10**6, max_batch_attention=4 * 100 * 100)
     lengths = [100] * 10 + [20] * 60
     batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
-    # 4 x 100^2 fills the budget; the third batch's two short windows pad to 100; the rest fit in one.
-    assert [len(batch) for batch in batches] == [4, 4, 4, 58]
+    # 4 x 100^2 fills the budget; the two long windows left over get a batch of their own rather
+    # than padding two short ones to 100; the short ones fit in one.
+    assert [len(batch) for batch in batches] == [4, 4, 2, 60]
+
+
+def test_batches_cut_where_lengths_jump_instead_of_padding_short_windows_to_long_ones(task):
+    from nlpkit.inference.engine import _Item
+
+    engine = Engine(task, batch_size=32, max_batch_tokens=10**6)
+    lengths = [100, 60, 60, 60] + [20] * 30
+    batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
+    # Filled in turn, the first batch would pad 28 short windows to 100 (3,240 tokens for 1,880).
+    assert [[len(item.ids) for item in batch] for batch in batches] == [[100], [60] * 3, [20] * 30]
+    padded = sum(len(batch) * len(batch[0].ids) for batch in batches)
+    assert padded == sum(lengths) and 3 * engine.batch_cost < 3240 - padded
 
 
 class ExplodingTask(SentimentTask):
