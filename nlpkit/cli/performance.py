@@ -390,13 +390,17 @@ def _caption(rows: list[Any], facts: dict[str, Any]) -> str:
     from nlpkit.system.hardware import describe
 
     rates = ", ".join(f"{precision} {rate:,.0f}" for precision, rate in facts["matmul_gflops"].items())
-    shares = [f"; the stream kept {row.share_of_engine:.0%} of its engine's throughput, timed after it in the "
-              "same process" for row in rows if row.share_of_engine is not None]  # fmt: skip
+    share = next((row.share_of_engine for row in rows if row.share_of_engine is not None), None)
+    stream = (
+        ""
+        if share is None
+        else f"; the stream kept {share:.0%} of its engine's throughput, timed after it in the same process"
+    )
     return (
         f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; x peer: over "
         "OpenVINO run as its users run it (convert_model, length-sorted batches of 32); % peak: model "
         "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
-        f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32)" + "".join(shares)
+        f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32){stream}"
     )
 
 

@@ -68,7 +68,7 @@ def test_batches_cut_where_lengths_jump_instead_of_padding_short_windows_to_long
     engine = Engine(task, batch_size=32, max_batch_tokens=10**6)
     lengths = [100, 60, 60, 60] + [20] * 30
     batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
-    # Filled in turn, the first batch would pad 28 short windows to 100 (3,240 tokens for 1,880).
+    # Filled in turn, the first batch would pad 28 short windows to 100 (3,240 tokens for 880).
     assert [[len(item.ids) for item in batch] for batch in batches] == [[100], [60] * 3, [20] * 30]
     padded = sum(len(batch) * len(batch[0].ids) for batch in batches)
     assert padded == sum(lengths) and 3 * engine.batch_cost < 3240 - padded
