@@ -49,7 +49,7 @@ SAMPLE_SEED = 2026
 # reviews' labels, on the wrong side of 85% on some CPUs. The worker reads every review whole, in
 # windows of the length the model trained on, and averages them: read as one window cut at 512
 # tokens (which they never trained on) the same models agreed 2-4 points less. Measured on AMD
-# Zen 3, three seeds each: all layers trained at learning rate 1e-4 gave 88.6%, 84.5%, 87.6%; in
+# Zen 3, three or five seeds each: all layers trained at learning rate 1e-4 gave 88.6%, 84.5%, 87.6%; in
 # probes with their own sampling, three layers frozen at 1e-4 gave 86.7%, 85.4%, 84.0%, and 3,000
 # reviews with three frozen at 2e-4 gave 87.5%, 85.8%, 88.1%, 85.6%, 88.1% (seeds 1-5). A margin
 # of under one point is thin for CPUs whose fp32 kernels sum in another order, which can move a
