@@ -49,22 +49,23 @@ SAMPLE_SEED = 2026
 # reviews' labels, on the wrong side of 85% on some CPUs. The worker reads every review whole, in
 # windows of the length the model trained on, and averages them: read as one window cut at 512
 # tokens (which they never trained on) the same models agreed 2-4 points less. Measured on AMD
-# Zen 3, three or five seeds each: all layers trained at learning rate 1e-4 gave 88.6%, 84.5%, 87.6%; in
-# probes with their own sampling, three layers frozen at 1e-4 gave 86.7%, 85.4%, 84.0%, and 3,000
-# reviews with three frozen at 2e-4 gave 87.5%, 85.8%, 88.1%, 85.6%, 88.1% (seeds 1-5). A margin
-# of under one point is thin for CPUs whose fp32 kernels sum in another order, which can move a
-# model as a seed does (not yet measured on Zen 4 or AMX): four of six frozen at 3e-4 on 4,000
-# reviews (this recipe) gave 87.3%, 88.7%, 87.0%, 88.1%, 87.1% (seeds 1-5), a step taking about
-# 90% of the time of one with three frozen, the run 20% longer. A 4-layer model (the starter's
-# lowest four, two frozen) gave 86.9% and 82.7% and was dropped. The recipe's own figures per CPU
-# kind are in docs/RESULTS.md (`scripts/results.py --only demo`). Freezing three layers cuts a
-# training step to about 60% of its time. Windows that share no tokens (stride 0) agreed as well
-# as windows sharing a quarter (88.3% against 87.7%, 84.7% against 84.0%) and are 15% fewer to
-# compute. SST-2 dev stays the evaluation set: short, cheap, and a number every sentiment model is
-# quoted with. Training is fp32 on every CPU (TRAIN_PRECISION): `--precision auto` would train in
-# bf16 where the CPU has bf16 units (AVX-512 BF16, AMX) and in fp32 where it has not, and rounding
-# that differs by CPU is what once moved the demo across its own line. fp32 on those CPUs still
-# trains faster than on the AVX2 ones the first-run time was measured on.
+# Zen 3, three or five seeds each: all layers trained at learning rate 1e-4 gave 88.6%, 84.5%,
+# 87.6%; in probes with their own sampling, three layers frozen at 1e-4 gave 86.7%, 85.4%, 84.0%,
+# and 3,000 reviews with three frozen at 2e-4 gave 87.5%, 85.8%, 88.1%, 85.6%, 88.1% (seeds 1-5).
+# A margin of under one point is thin for CPUs whose fp32 kernels sum in another order, which can
+# move a model as a seed does (not yet measured on Zen 4 or AMX): four of six frozen at 3e-4 on
+# 4,000 reviews (this recipe) gave 87.3%, 88.7%, 87.0%, 88.1%, 87.1% (seeds 1-5), a step taking
+# about 80% of the time of one with three frozen (30-step runs, alternating, same hour), so the
+# run about 6% longer. A 4-layer model (the starter's lowest four, two frozen) gave 86.9% and
+# 82.7% and was dropped. The recipe's own figures per CPU kind are in docs/RESULTS.md
+# (`scripts/results.py --only demo`). Freezing three layers cuts a training step to about 60% of
+# its time. Windows that share no tokens (stride 0) agreed as well as windows sharing a quarter
+# (88.3% against 87.7%, 84.7% against 84.0%) and are 15% fewer to compute. SST-2 dev stays the
+# evaluation set: short, cheap, and a number every sentiment model is quoted with. Training is
+# fp32 on every CPU (TRAIN_PRECISION): `--precision auto` would train in bf16 where the CPU has
+# bf16 units (AVX-512 BF16, AMX) and in fp32 where it has not, and rounding that differs by CPU is
+# what once moved the demo across its own line. fp32 on those CPUs still trains faster than on the
+# AVX2 ones the first-run time was measured on.
 TRAIN_EXAMPLES = 4_000
 TRAIN_MAX_LENGTH = 128
 LEARNING_RATE = 3e-4

@@ -128,8 +128,8 @@ def freeze_lower_layers(model: torch.nn.Module, count: int) -> None:
 
     On a few thousand examples the lower layers, which hold what the backbone learned about
     language in general, change little when trained and cost most of the backward pass: with 3
-    of a 6-layer model's layers frozen, a step on CPU takes about 60% of the time (with 4, about
-    55%), and models from the demo's few thousand IMDb reviews judged the streamed reviews at least
+    of a 6-layer model's layers frozen, a step on CPU takes about 60% of the time (with 4, about 80%
+    of that), and models from the demo's few thousand IMDb reviews judged the streamed reviews at least
     as well (scripts/demo.py). The optimizer holds only the parameters still trained.
     """
     if count == 0:
