@@ -42,3 +42,15 @@ def test_the_training_reviews_are_written_once(demo):
     written = first.stat().st_mtime_ns
     assert demo.training_reviews(imdb) == first
     assert first.stat().st_mtime_ns == written
+
+
+def test_agreement_is_judged_by_review_not_by_imdb_id(demo):
+    """IMDb numbers its positive and negative reviews separately, so some streamed keys name two reviews:
+    a label looked up by key would be the other review's for one of each such pair."""
+    messages = demo.streamed_messages(DATA / "imdb" / "train.jsonl")
+    assert len({key for key, _value in messages}) < demo.SAMPLE_SIZE  # the trap is really in the sample
+    gold = demo.gold_labels(messages)
+    assert len(gold) == demo.SAMPLE_SIZE
+    for _key, value in messages:
+        review = json.loads(value)
+        assert gold[review["text"]] == ("positive" if review["label"] == 1 else "negative")
