@@ -322,10 +322,11 @@ def demo(report: Report, work: Path) -> None:
     accuracies = []
     for seed in SEEDS:
         # Named by the recipe, so a changed recipe trains anew instead of finding the old models registered.
-        name = (f"demo-{module.TRAIN_EXAMPLES}x{module.TRAIN_MAX_LENGTH}-lr{module.LEARNING_RATE:g}"
-                f"-frozen{module.FROZEN_LAYERS}-seed{seed}")  # fmt: skip
+        name = (f"demo-l{len(module.BACKBONE_LAYERS)}-{module.TRAIN_EXAMPLES}x{module.TRAIN_MAX_LENGTH}"
+                f"-lr{module.LEARNING_RATE:g}-frozen{module.FROZEN_LAYERS}-seed{seed}")  # fmt: skip
         report.train_once(
-            name, "train", "sentiment", "--data", module.training_reviews(imdb), "--model", "minilm", "--name", name,
+            name, "train", "sentiment", "--data", module.training_reviews(imdb), "--model", module.ensure_backbone(),
+            "--name", name,
             "--epochs", "1", "--max-examples", str(module.TRAIN_EXAMPLES), "--max-length",
             str(module.TRAIN_MAX_LENGTH), "--lr", str(module.LEARNING_RATE), "--freeze-layers",
             str(module.FROZEN_LAYERS), "--precision", module.TRAIN_PRECISION, "--seed", str(seed),
