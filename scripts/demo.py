@@ -140,7 +140,7 @@ def ensure_model(database: Database, imdb: Path, sst2_dev: Path) -> None:
 
 
 def ensure_backbone() -> Path:
-    """The starter's BACKBONE_LAYERS in DistilBERT form, converted once (scripts/results.py trains from it too)."""
+    """The starter's BACKBONE_LAYERS in DistilBERT form, converted once."""
     from nlpkit.models.convert import convert_bert_to_distilbert
 
     backbone = settings.models_dir() / BACKBONE_NAME

@@ -319,13 +319,16 @@ def demo(report: Report, work: Path) -> None:
     imdb = DATA / "imdb" / "train.jsonl"
     streamed = work / "demo-streamed.jsonl"
     streamed.write_text("".join(value.decode() + "\n" for _key, value in module.streamed_messages(imdb)), "utf-8")
+    backbone = work.parent / "models" / module.BACKBONE_NAME  # the demo's own backbone, converted the same way
+    if not (backbone / "config.json").is_file():
+        report.run("models", "convert", "starter", backbone, "--layers", ",".join(map(str, module.BACKBONE_LAYERS)))
     accuracies = []
     for seed in SEEDS:
         # Named by the recipe, so a changed recipe trains anew instead of finding the old models registered.
         name = (f"demo-l{len(module.BACKBONE_LAYERS)}-{module.TRAIN_EXAMPLES}x{module.TRAIN_MAX_LENGTH}"
                 f"-lr{module.LEARNING_RATE:g}-frozen{module.FROZEN_LAYERS}-seed{seed}")  # fmt: skip
         report.train_once(
-            name, "train", "sentiment", "--data", module.training_reviews(imdb), "--model", module.ensure_backbone(),
+            name, "train", "sentiment", "--data", module.training_reviews(imdb), "--model", backbone,
             "--name", name,
             "--epochs", "1", "--max-examples", str(module.TRAIN_EXAMPLES), "--max-length",
             str(module.TRAIN_MAX_LENGTH), "--lr", str(module.LEARNING_RATE), "--freeze-layers",
