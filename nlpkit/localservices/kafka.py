@@ -16,6 +16,9 @@ Measured on a 2-core, 24 GB Linux VM with OpenJDK 17.0.15, Kafka 4.3.1 and confl
   ``start()`` takes 9.7-11 s with the format. Restart on existing data: 3.6-6.8 s after
   ``stop()``, about 7 s after SIGKILL. Later group joins take about 0.9 s.
 * ``stop()`` (SIGTERM, controlled shutdown): 0.4-0.8 s.
+* class data sharing: the first broker a JDK runs writes the classes it loaded to an archive
+  when it stops (53 MB, 3.3 s once); later JVMs map it instead of reading the jars again.
+  Restart on existing data, alternating: 2.5-2.9 s without, 1.6-1.7 s with.
 * broker RSS once ready: about 175 MiB. The flags matter on 2 cores: without
   ``-XX:TieredStopAtLevel=1`` start-up took 4.5 s longer and RSS was 200 MiB; with G1 and C2
   as well, 240 MiB.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -240,6 +244,18 @@ def _java() -> str:
     return "java"
 
 
+def class_archive(libs: Path) -> Path:
+    """Where the brokers' class archive (AppCDS) for this JDK and these jars lives.
+
+    Named by the java launcher's real path and mtime, so a JDK upgrade writes a new one rather
+    than keep offering one its JVM would refuse (a JVM checks an archive before it maps it and
+    runs without sharing when it does not fit; the broker starts either way).
+    """
+    java = Path(shutil.which(_java()) or _java()).resolve()
+    stamp = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    return libs.parent / f"classes-{stamp}.jsa"
+
+
 def _cluster_id() -> str:
     """Kafka's cluster id format: a random UUID as 22 characters of unpadded base64url."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -361,7 +377,9 @@ class KafkaBroker:
         """SIGTERM for a controlled shutdown; SIGKILL if it has not exited after ``timeout`` s."""
         if self.is_running():
             os.kill(self._pid, signal.SIGTERM)
-            if not self._wait_exit(timeout):
+            if self._wait_exit(timeout):
+                self._keep_class_archive()
+            else:
                 self._kill()
         self._reap()
         (self.data_dir / "broker.pid").unlink(missing_ok=True)
@@ -391,10 +409,36 @@ class KafkaBroker:
         self._properties_file.touch(mode=0o600)  # it may hold the broker's private key
         self._properties_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
-    def _java_command(self, libs: Path, *main: str) -> list[str]:
+    @property
+    def _archive_draft(self) -> Path:
+        """The class archive this broker's JVM writes as it exits, when none existed at its start."""
+        return self.data_dir / "classes.jsa.draft"
+
+    def _class_sharing(self, libs: Path, *, draft: bool) -> tuple[str, ...]:
+        """JVM options that map the class archive, or (``draft``) write one at exit where there is none."""
+        archive = class_archive(libs)
+        if archive.is_file():
+            return (f"-XX:SharedArchiveFile={archive}",)
+        return (f"-XX:ArchiveClassesAtExit={self._archive_draft}",) if draft else ()
+
+    def _keep_class_archive(self) -> None:
+        """After a clean exit, the draft the JVM wrote becomes the archive, unless another broker's already
+        did; copied under a temporary name, then renamed, so no JVM maps half a file."""
+        draft = self._archive_draft
+        if not draft.is_file():
+            return
+        archive = class_archive(ensure_kafka_jars())
+        if not archive.exists():
+            staged = archive.with_name(f".{archive.name}.{os.getpid()}")
+            shutil.copyfile(draft, staged)
+            os.replace(staged, archive)
+        draft.unlink()
+
+    def _java_command(self, libs: Path, *main: str, sharing: tuple[str, ...] = ()) -> list[str]:
         return [
             _java(),
             *_JVM_OPTIONS,
+            *sharing,
             f"-Dlog4j2.configurationFile={_LOG4J_CONFIG.as_uri()}",
             "-cp",
             f"{libs}/*",
@@ -412,6 +456,7 @@ class KafkaBroker:
             "-c",
             str(self._properties_file),
             *(self.security.format_arguments() if self.security is not None else ()),
+            sharing=self._class_sharing(libs, draft=False),
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -421,7 +466,9 @@ class KafkaBroker:
     def _launch(self, libs: Path) -> None:
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
-                self._java_command(libs, "kafka.Kafka", str(self._properties_file)),
+                self._java_command(
+                    libs, "kafka.Kafka", str(self._properties_file), sharing=self._class_sharing(libs, draft=True)
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -500,6 +547,7 @@ class KafkaBroker:
             os.kill(self._pid, signal.SIGKILL)
             self._wait_exit(10)
         self._reap()
+        self._archive_draft.unlink(missing_ok=True)  # cut off mid-write, perhaps
 
     def _reap(self) -> None:
         if self._process is not None:

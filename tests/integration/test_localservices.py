@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from nlpkit.localservices import kafka
 from nlpkit.localservices.kafka import KafkaBroker
 from nlpkit.localservices.postgres import PostgresServer
 
@@ -170,3 +172,25 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path, mon
     broker._write_properties()
     broker._format(kafka.ensure_kafka_jars())
     assert "cluster.id=-AAAAAAAAAAAAAAAAAAAAA" in (tmp_path / "dash" / "kraft-logs" / "meta.properties").read_text()
+
+
+def test_a_stopped_broker_leaves_a_class_archive_that_the_next_one_maps(tmp_path, monkeypatch) -> None:
+    """The first broker on a JDK writes the classes it loaded as it stops; later ones map that archive
+    (about a second off every start) instead of reading the jars again."""
+    archive = tmp_path / "classes.jsa"
+    monkeypatch.setattr(kafka, "class_archive", lambda _libs: archive)
+    first = KafkaBroker(tmp_path / "first").start()
+    try:
+        command = Path(f"/proc/{first.status().pid}/cmdline").read_bytes().split(b"\0")
+        assert f"-XX:ArchiveClassesAtExit={first.data_dir / 'classes.jsa.draft'}".encode() in command
+    finally:
+        first.stop()
+    assert archive.is_file()
+    assert not (first.data_dir / "classes.jsa.draft").exists()
+    second = KafkaBroker(tmp_path / "second").start()
+    try:
+        assert str(archive) in Path(f"/proc/{second.status().pid}/maps").read_text()  # mapped, not only named
+        _create_topic(second, partitions=1)  # and a broker that works
+    finally:
+        second.stop()
+    assert not (second.data_dir / "classes.jsa.draft").exists()
