@@ -16,9 +16,11 @@ Measured on a 2-core, 24 GB Linux VM with OpenJDK 17.0.15, Kafka 4.3.1 and confl
   ``start()`` takes 9.7-11 s with the format. Restart on existing data: 3.6-6.8 s after
   ``stop()``, about 7 s after SIGKILL. Later group joins take about 0.9 s.
 * ``stop()`` (SIGTERM, controlled shutdown): 0.4-0.8 s.
-* class data sharing: the first broker a JDK runs writes the classes it loaded to an archive
-  when it stops (53 MB, 3.3 s once); later JVMs map it instead of reading the jars again.
-  Restart on existing data, alternating: 2.5-2.9 s without, 1.6-1.7 s with.
+* class data sharing (AMD EPYC Zen 3, AVX2, 2 cores): the first broker a JDK runs writes the
+  classes it loaded to an archive when it stops (53 MB; that stop takes 3.3-3.7 s, once); later
+  JVMs map it instead of reading the jars again. ``start()`` on existing data, alternating in one
+  run: 2.5-3.9 s without, 1.6-1.7 s with; the developer's broker to ready (``start_local_broker``,
+  four rounds): 3.7-6.5 s without, 2.3-2.5 s with.
 * broker RSS once ready: about 175 MiB. The flags matter on 2 cores: without
   ``-XX:TieredStopAtLevel=1`` start-up took 4.5 s longer and RSS was 200 MiB; with G1 and C2
   as well, 240 MiB.
@@ -180,7 +182,7 @@ def ensure_kafka_jars() -> Path:
     A marker file is written only after Maven succeeded, so an interrupted download is
     redone from scratch; a file lock keeps parallel test workers from fetching together.
     """
-    home = cache_dir() / f"kafka-{KAFKA_VERSION}"
+    home = _kafka_home()
     libs, marker = home / "libs", home / "complete"
     home.mkdir(parents=True, exist_ok=True)
     with _locked(home / ".lock"):
@@ -190,6 +192,11 @@ def ensure_kafka_jars() -> Path:
             _run_maven(libs)
             marker.write_text(f"{KAFKA_VERSION}\n")
     return libs
+
+
+def _kafka_home() -> Path:
+    """This Kafka version's cached files: its jars, and the class archive its brokers share."""
+    return cache_dir() / f"kafka-{KAFKA_VERSION}"
 
 
 @contextmanager
@@ -244,7 +251,7 @@ def _java() -> str:
     return "java"
 
 
-def class_archive(libs: Path) -> Path:
+def class_archive() -> Path:
     """Where the brokers' class archive (AppCDS) for this JDK and these jars lives.
 
     Named by the java launcher's real path and mtime, so a JDK upgrade writes a new one rather
@@ -253,7 +260,7 @@ def class_archive(libs: Path) -> Path:
     """
     java = Path(shutil.which(_java()) or _java()).resolve()
     stamp = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    return libs.parent / f"classes-{stamp}.jsa"
+    return _kafka_home() / f"classes-{stamp}.jsa"
 
 
 def _cluster_id() -> str:
@@ -414,9 +421,9 @@ class KafkaBroker:
         """The class archive this broker's JVM writes as it exits, when none existed at its start."""
         return self.data_dir / "classes.jsa.draft"
 
-    def _class_sharing(self, libs: Path, *, draft: bool) -> tuple[str, ...]:
+    def _class_sharing(self, *, draft: bool) -> tuple[str, ...]:
         """JVM options that map the class archive, or (``draft``) write one at exit where there is none."""
-        archive = class_archive(libs)
+        archive = class_archive()
         if archive.is_file():
             return (f"-XX:SharedArchiveFile={archive}",)
         return (f"-XX:ArchiveClassesAtExit={self._archive_draft}",) if draft else ()
@@ -427,7 +434,7 @@ class KafkaBroker:
         draft = self._archive_draft
         if not draft.is_file():
             return
-        archive = class_archive(ensure_kafka_jars())
+        archive = class_archive()
         if not archive.exists():
             staged = archive.with_name(f".{archive.name}.{os.getpid()}")
             shutil.copyfile(draft, staged)
@@ -456,7 +463,7 @@ class KafkaBroker:
             "-c",
             str(self._properties_file),
             *(self.security.format_arguments() if self.security is not None else ()),
-            sharing=self._class_sharing(libs, draft=False),
+            sharing=self._class_sharing(draft=False),
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -467,7 +474,7 @@ class KafkaBroker:
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
                 self._java_command(
-                    libs, "kafka.Kafka", str(self._properties_file), sharing=self._class_sharing(libs, draft=True)
+                    libs, "kafka.Kafka", str(self._properties_file), sharing=self._class_sharing(draft=True)
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

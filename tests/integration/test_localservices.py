@@ -178,7 +178,7 @@ def test_a_stopped_broker_leaves_a_class_archive_that_the_next_one_maps(tmp_path
     """The first broker on a JDK writes the classes it loaded as it stops; later ones map that archive
     (about a second off every start) instead of reading the jars again."""
     archive = tmp_path / "classes.jsa"
-    monkeypatch.setattr(kafka, "class_archive", lambda _libs: archive)
+    monkeypatch.setattr(kafka, "class_archive", lambda: archive)
     first = KafkaBroker(tmp_path / "first").start()
     try:
         command = Path(f"/proc/{first.status().pid}/cmdline").read_bytes().split(b"\0")
