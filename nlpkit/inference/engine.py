@@ -92,6 +92,8 @@ class Engine:
 
     def run(self, records: Sequence[Record], progress: ProgressCallback | None = None) -> list[Outcome]:
         """A Prediction or a RecordFailure for every record, in input order."""
+        if not records:  # tasks are never asked to cut an empty batch
+            return []
         windows, failures = self._cut(records)
         outputs: list[list[Mapping[str, np.ndarray] | None]] = [[None] * len(w) for w in windows]
         items = [

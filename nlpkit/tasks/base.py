@@ -185,8 +185,8 @@ class Task(ABC):
     def windows(self, records: Sequence[Record]) -> list[list[Window]]:
         """Cut each record into one or more windows of token ids (one list per record).
 
-        Called with a whole batch at once so tokenization can run in the fast
-        tokenizer's parallel batch mode.
+        Called with a whole batch at once, never an empty one, so tokenization can run in
+        the fast tokenizer's parallel batch mode.
         """
 
     @abstractmethod
@@ -209,7 +209,8 @@ class Task(ABC):
 
     def encode_examples(self, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
         """Tokenize labelled examples into training features for this task's head, at most
-        ``max_length`` tokens each (training often uses a shorter limit than inference)."""
+        ``max_length`` tokens each (training often uses a shorter limit than inference); never
+        called with none (transformers' tokenizers refuse an empty batch)."""
         raise NotImplementedError(f"task '{self.name}' cannot be trained")
 
     @classmethod

@@ -285,7 +285,8 @@ class _TaskRun(_Run):
         eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []
         max_length = config.max_length or student_task.model.max_length
         features = student_task.encode_examples(examples, max_length)
-        student_task.encode_examples(eval_examples, max_length)
+        if eval_examples:  # encoding it checks its labels before any training time is spent
+            student_task.encode_examples(eval_examples, max_length)
         weights = TaskDistillationWeights(
             config.alpha_ce if config.alpha_ce is not None else 0.5,
             config.alpha_task,

@@ -156,8 +156,8 @@ def _train(
 ) -> FineTuneResult:
     max_length = config.max_length or task.model.max_length
     features = task.encode_examples(train_examples, max_length)
-    # Encoding the evaluation set checks its labels against the model's before any training time is spent.
-    task.encode_examples(eval_examples, max_length)
+    if eval_examples:  # encoding it checks its labels against the model's before any training time is spent
+        task.encode_examples(eval_examples, max_length)
     pad_id = task.model.tokenizer.pad_token_id or 0
 
     def save_best(metrics: dict[str, float]) -> None:

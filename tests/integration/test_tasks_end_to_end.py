@@ -124,3 +124,22 @@ def test_every_task_can_be_fine_tuned_and_learns(task, tmp_path, database):
     headline = next(iter(result.best_metrics))
     assert result.best_metrics[headline] > {"ner": 0.5, "qa": 30, "multilabel": 0.5}[task], result.history
     assert [entry.name for entry in database.models.list(task)] == [f"tiny-{task}"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_trains_without_evaluation_data(task, tmp_path, nlpkit_home):
+    """`--eval-data` is optional: the run trains, keeps its last state and registers it (an empty evaluation
+    set once reached the QA tokenizer, which refuses an empty batch: `nlpkit train qa` died with a traceback)."""
+    write, name, _head, _labels, _keys = TASKS[task]
+    base = save_tiny_distilbert(tmp_path / "base", head="base", seed=3)
+    runner = CliRunner()
+    assert runner.invoke(build_cli(), ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(build_cli(), [
+        "train", task, "--data", str(write(tmp_path / f"train-{name}", 40, seed=1)), "--model", str(base),
+        "--name", f"tiny-{task}", "--epochs", "1", "--precision", "fp32",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Database(settings.get("database_url")).session() as session:
+        [run] = session.query(TrainingRunRow).all()
+        assert (run.kind, run.task, run.status) == ("train", task, "succeeded")
+    assert [entry.name for entry in Database(settings.get("database_url")).models.list(task)] == [f"tiny-{task}"]
