@@ -31,8 +31,9 @@ from nlpkit.inference.loading import native_bf16
 from nlpkit.models.files import quiet_loading
 from nlpkit.store import migrated_database
 from nlpkit.system.threads import configure_threads
+from nlpkit.tasks.readers import seeded_sample
 from nlpkit_plugins.sentiment import SentimentTask
-from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune, sample
+from nlpkit_plugins.trainer.finetune import FineTuneConfig, fine_tune
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
 
@@ -98,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads()
     bf16 = native_bf16()
-    examples = sample(SentimentTask.read_examples(args.data), args.examples, 42)
+    examples = seeded_sample(SentimentTask.read_examples(args.data), args.examples, 42)
     theirs = transformers_trainer(args.model, examples, args.batch_size, args.lr, bf16)
     ours = nlpkit_trainer(args.model, args.data, args.examples, args.batch_size, args.lr, bf16)
     table = Table(title=f"fine-tuning on {args.examples} SST-2 examples, {threads} threads, "

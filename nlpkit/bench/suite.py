@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -69,13 +68,6 @@ class BenchPlan:
     max_batch_tokens: int | None = None  # the engine's default for the device
     options: dict[str, Any] = field(default_factory=dict)
     repeat: int = 3  # timed runs per variant; the fastest counts (the machine is shared and noisy)
-
-
-def sample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
-    """``limit`` examples drawn at random (files sorted by label must never be cut by prefix)."""
-    if limit is None or limit >= len(examples):
-        return examples
-    return random.Random(seed).sample(examples, limit)
 
 
 def cut_texts(records: Sequence[Record], tokenizer: Any, max_length: int) -> list[Record]:

@@ -16,6 +16,7 @@ from nlpkit.cli.common import CliState, bootstrap_option, pass_state
 from nlpkit.errors import NlpkitError
 from nlpkit.inference.backends import BACKENDS, INT8_BACKENDS, backends_here
 from nlpkit.system.hardware import gpus
+from nlpkit.tasks.readers import seeded_sample
 
 stderr = Console(stderr=True)
 # Backends the bench times only when --backend names them: making openvino-int8's model re-runs NNCF for
@@ -34,9 +35,7 @@ data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _calibration_records(task_class: Any, data: Path, limit: int, seed: int) -> list[Any]:
-    from nlpkit.bench.suite import sample_examples
-
-    return [example.record for example in sample_examples(task_class.read_examples(data), limit, seed)]
+    return [example.record for example in seeded_sample(task_class.read_examples(data), limit, seed)]
 
 
 @click.command("quantize")
@@ -275,7 +274,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
     registry = ModelRegistry(state.database(check=False))
     _name, path = resolve_model_path(model, registry.path)
     threads = configure_threads(options.threads)
-    examples = benchmark.sample_examples(task_class.read_examples(data), options.limit, options.seed)
+    examples = seeded_sample(task_class.read_examples(data), options.limit, options.seed)
     if options.max_length:
         from transformers import AutoTokenizer
 

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from nlpkit.errors import DataFormatError
 
 TEXT_COLUMNS = ("text", "sentence", "review")
+Item = TypeVar("Item")
+
+
+def seeded_sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
+    """``limit`` items drawn at random with ``seed`` (all of them without a limit): several data
+    files are sorted by label, so a prefix would be a sample of one label."""
+    if limit is None or limit >= len(items):
+        return items
+    return random.Random(seed).sample(items, limit)
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

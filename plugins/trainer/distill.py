@@ -38,8 +38,9 @@ from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
 from nlpkit.tasks.base import Task
+from nlpkit.tasks.readers import seeded_sample
 from nlpkit_plugins.trainer.batching import pad
-from nlpkit_plugins.trainer.finetune import FineTuneResult, sample, save_model
+from nlpkit_plugins.trainer.finetune import FineTuneResult, save_model
 from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
 from nlpkit_plugins.trainer.losses import (
     TaskDistillationWeights,
@@ -174,7 +175,7 @@ class _GeneralRun(_Run):
         teacher_path = self.path(config.teacher)
         tokenizer = AutoTokenizer.from_pretrained(teacher_path)
         max_length = config.max_length or 128
-        sequences = sample(_read_sequences(config.data, tokenizer, max_length), config.max_examples, config.seed)
+        sequences = seeded_sample(_read_sequences(config.data, tokenizer, max_length), config.max_examples, config.seed)
         if len(sequences) <= HELD_OUT:
             raise DataFormatError(
                 f"{config.data}: {len(sequences)} sequences; general distillation needs more than "
@@ -281,7 +282,7 @@ class _TaskRun(_Run):
         student = self._student(teacher, tokenizer, head)
         first_token_only_where_possible(teacher)  # after the copy: the soft targets read [CLS] only, too
         student_task = task_class(self.loaded(student, tokenizer, teacher_path), **task_class.evaluation_options)
-        examples = sample(task_class.read_examples(config.data), config.max_examples, config.seed)
+        examples = seeded_sample(task_class.read_examples(config.data), config.max_examples, config.seed)
         eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []
         max_length = config.max_length or student_task.model.max_length
         features = student_task.encode_examples(examples, max_length)

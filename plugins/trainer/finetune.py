@@ -9,7 +9,6 @@ main process only, when several run under ``accelerate launch``).
 
 from __future__ import annotations
 
-import random
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
 from nlpkit.store import Database
 from nlpkit.tasks.base import Example, Task
+from nlpkit.tasks.readers import seeded_sample
 from nlpkit_plugins.trainer.batching import collate
 from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
 
@@ -76,7 +76,7 @@ def fine_tune(config: FineTuneConfig, database: Database) -> FineTuneResult:
     cpu = pick_device(config.device).type == "cpu"
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=cpu)
     task_class = get_task_class(config.task)
-    train_examples = sample(task_class.read_examples(config.data), config.max_examples, config.seed)
+    train_examples = seeded_sample(task_class.read_examples(config.data), config.max_examples, config.seed)
     eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []
     output_dir = config.output_dir or settings.models_dir() / config.name
     task = _task_with_new_head(config, task_class, train_examples, database, accelerator, use_bf16)
@@ -86,13 +86,6 @@ def fine_tune(config: FineTuneConfig, database: Database) -> FineTuneResult:
         kind="train", task=config.task, model_name=config.name, base_model=config.base_model, params=config.params()
     ) as run_id:
         return _train(config, task, train_examples, eval_examples, output_dir, accelerator, database, run_id)
-
-
-def sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
-    """A seeded random subset: several data files are sorted by label, so never a prefix."""
-    if limit is None or limit >= len(examples):
-        return examples
-    return random.Random(seed).sample(examples, limit)
 
 
 def _task_with_new_head(
