@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,19 @@ def _bench_by_default(name: str) -> bool:
 
 
 data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@contextmanager
+def _progress(activity: str) -> Iterator[Callable[[str], None]]:
+    """Where a long command reports its steps: one status line updated in place on a terminal; in a
+    log or CI, one line per step with the seconds since it began, so minutes of work are never silent."""
+    if stderr.is_terminal:
+        with stderr.status(activity) as status:
+            yield status.update
+        return
+    started = time.perf_counter()
+    stderr.print(f"{activity}...", markup=False, highlight=False)
+    yield lambda step: stderr.print(f"{time.perf_counter() - started:7.1f} s  {step}", markup=False, highlight=False)
 
 
 def _calibration_records(task_class: Any, data: Path, limit: int, seed: int) -> list[Any]:
@@ -82,8 +98,8 @@ def quantize(
     task = load_task(task_name, model, registry=ModelRegistry(state.database(check=False)))
     records = _calibration_records(get_task_class(task_name), data, limit, seed)
     make_int8, _cache = _int8_tools(backend)
-    with stderr.status("quantizing") as status:
-        report = make_int8(task, records, min_agreement=threshold, data=str(data), progress=status.update)
+    with _progress("quantizing") as progress:
+        report = make_int8(task, records, min_agreement=threshold, data=str(data), progress=progress)
     verdict = "usable" if report.agreement >= threshold else f"REFUSED by the {backend} backend"
     outliers = "" if report.outlier_channels is None else f"{report.outlier_channels} outlier input channels fp32, "
     stderr.print(
@@ -183,9 +199,9 @@ def tune(
                 raise no_data
             records = _calibration_records(task_class, sample, limit, seed)
             drawn = {"data": str(sample.resolve()), "records": len(records), "seed": seed}
-            with stderr.status("tuning") as status:
+            with _progress("tuning") as progress:
                 result = tuning.tune(load, records, revision=revision, sample=drawn, min_agreement=threshold,
-                                     candidates=backends, device=device, progress=status.update)  # fmt: skip
+                                     candidates=backends, device=device, progress=progress)  # fmt: skip
             tuning.save(path, result)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -306,8 +322,8 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
             options=_read_as_pipelines_read(task_class),
             repeat=options.repeat,
         )
-        with stderr.status("benchmarking") as status:
-            rows, facts = benchmark.run(plan, status.update)
+        with _progress("benchmarking") as progress:
+            rows, facts = benchmark.run(plan, progress)
     if options.as_json:
         for row in rows:
             click.echo(json.dumps(asdict(row)))
@@ -336,8 +352,8 @@ def _ensure_int8(backend: str, task_name: str, model: str, registry: Any, data: 
     except ModelNotFoundError:
         records = _calibration_records(get_task_class(task_name), data, 512, seed)
         threshold = settings.get_fraction("min_agreement")
-        with stderr.status(f"making the {backend} model") as status:
-            make_int8(task, records, min_agreement=threshold, data=str(data), progress=status.update)
+        with _progress(f"making the {backend} model") as progress:
+            make_int8(task, records, min_agreement=threshold, data=str(data), progress=progress)
 
 
 def _local_broker(stack: Any) -> str:
