@@ -9,6 +9,7 @@ gigabyte that importing the PyPI build of torch costs by itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,8 +85,9 @@ class LoadedModel:
             first_token_only=first_token_only_where_possible(model),
         )
 
-    @property
+    @cached_property
     def id2label(self) -> dict[int, str]:
+        """Label names by class index (built once: tasks read it for every record)."""
         return id2label(self.config)
 
     @property
