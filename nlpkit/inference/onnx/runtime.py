@@ -144,10 +144,14 @@ def admit_int8(
             f"has none: its int8 sums could overflow; re-quantize it here with `{make}`, or use --backend {fallback}"
         )
     if report["agreement"] < min_agreement:
+        if report.get("min_agreement", 0.0) >= min_agreement:  # the search aimed this high and kept all it may fp32
+            advice = f"its search kept as many layers fp32 as it may and fell short: use --backend {fallback}"
+        else:
+            advice = (f"re-quantize with `{make} --min-agreement {min_agreement}` (it keeps more layers in fp32), "
+                      f"or use --backend {fallback}")  # fmt: skip
         raise NlpkitError(
             f"refusing the {backend} version of '{name}': it agreed with fp32 on {report['agreement']:.1%} of "
-            f"{report['records']} calibration records, below the minimum {min_agreement:.1%}; re-quantize with "
-            f"`{make} --min-agreement {min_agreement}` (it keeps more layers in fp32), or use --backend {fallback}"
+            f"{report['records']} calibration records, below the minimum {min_agreement:.1%}; {advice}"
         )
     return report
 

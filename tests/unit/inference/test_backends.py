@@ -171,6 +171,16 @@ def test_weights_get_seven_bits_without_vnni_and_eight_bit_files_are_refused_the
         assert cache.cached_model(task.model.name, task.model.path, task.model.revision, "int8", 0.5) is not None
 
 
+def test_a_refused_int8_file_says_whether_quantizing_again_can_help() -> None:
+    made_for_less = {"agreement": 0.985, "records": 500, "reduce_range": True, "min_agreement": 0.95}
+    with pytest.raises(NlpkitError, match=r"98.5% of 500 .* below the minimum 99.0%; re-quantize with `nlpkit models "
+                                          r"quantize m --task TASK --data FILE --min-agreement 0.99`"):  # fmt: skip
+        runtime.admit_int8("m", made_for_less, 0.99)
+    made_for_this = made_for_less | {"min_agreement": 0.99}  # its search aimed at 99% and stopped short
+    with pytest.raises(NlpkitError, match=r"kept as many layers fp32 as it may and fell short: use --backend onnx$"):
+        runtime.admit_int8("m", made_for_this, 0.99)
+
+
 def test_a_bad_min_agreement_setting_is_one_clear_error(sentiment_copy: Path, monkeypatch) -> None:
     monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", "lots")
     with pytest.raises(NlpkitError, match="NLPKIT_MIN_AGREEMENT must be a number from 0 to 1"):
