@@ -14,7 +14,6 @@ worker turns failures into dead letters instead of losing a whole batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -143,29 +142,25 @@ class Engine:
         """
         ordered = sorted(items, key=lambda item: len(item.ids), reverse=True)
         lengths = [len(item.ids) for item in ordered]
-        cost = [0.0] + [math.inf] * len(ordered)  # cost[end]: the cheapest cut of ordered[:end]
+        cost = [0] * (len(ordered) + 1)  # cost[end]: the cheapest cut of ordered[:end], batch costs included
         start = [0] * (len(ordered) + 1)  # where the last batch of that cut starts
+        max_tokens, max_attention = self.max_batch_tokens, self.max_batch_attention  # locals: the loop is hot
         for end in range(1, len(ordered) + 1):
-            for first in range(end - 1, max(end - self.batch_size, 0) - 1, -1):
-                count, longest = end - first, lengths[first]
-                if count > 1 and self._full(count, longest):
+            best, best_first = cost[end - 1] + lengths[end - 1], end - 1  # a batch of one always fits
+            for first in range(end - 2, max(end - self.batch_size, 0) - 1, -1):
+                longest = lengths[first]
+                padded = (end - first) * longest
+                if padded > max_tokens or padded * longest > max_attention:
                     break  # starting earlier only adds windows at least as long
-                total = cost[first] + count * longest + self.batch_cost
-                if total < cost[end]:
-                    cost[end], start[end] = total, first
+                if cost[first] + padded < best:
+                    best, best_first = cost[first] + padded, first
+            cost[end], start[end] = best + self.batch_cost, best_first
         batches: list[list[_Item]] = []
         end = len(ordered)
         while end:
             batches.append(ordered[start[end] : end])
             end = start[end]
         return batches[::-1]
-
-    def _full(self, count: int, longest: int) -> bool:
-        return (
-            count > self.batch_size
-            or count * longest > self.max_batch_tokens
-            or count * longest * longest > self.max_batch_attention
-        )
 
     def _forward_isolating(self, batch: list[_Item]) -> list[Mapping[str, np.ndarray] | RecordFailure]:
         try:

@@ -86,13 +86,13 @@ class SentimentTask(Task):
     ) -> Prediction:
         # A text read in windows is judged on their mean logits; most texts are one window (no copy then).
         logits = [output["logits"] for output in outputs]
-        probabilities = softmax(logits[0] if len(logits) == 1 else np.mean(logits, axis=0))
+        probabilities = softmax(logits[0] if len(logits) == 1 else np.mean(logits, axis=0)).tolist()
         names = self.model.id2label
-        best = int(probabilities.argmax())
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
         output = {
             "label": names[best],
-            "score": float(probabilities[best]),
-            "scores": {names[i]: float(p) for i, p in enumerate(probabilities)},
+            "score": probabilities[best],
+            "scores": {names[i]: p for i, p in enumerate(probabilities)},
             "truncated": bool(windows[0].context),
         }
         if self.window is not None:

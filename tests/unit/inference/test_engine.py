@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import random
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -72,6 +74,42 @@ def test_batches_cut_where_lengths_jump_instead_of_padding_short_windows_to_long
     assert [[len(item.ids) for item in batch] for batch in batches] == [[100], [60] * 3, [20] * 30]
     padded = sum(len(batch) * len(batch[0].ids) for batch in batches)
     assert padded == sum(lengths) and 3 * engine.batch_cost < 3240 - padded
+
+
+def _fits(engine: Engine, count: int, longest: int) -> bool:
+    padded = count * longest
+    return count == 1 or (padded <= engine.max_batch_tokens and padded * longest <= engine.max_batch_attention)
+
+
+def _cheapest_cut(engine: Engine, lengths: Sequence[int]) -> int:
+    """By brute force: the least padded tokens plus batch costs over every cut of the sorted lengths into
+    consecutive batches within the budgets."""
+
+    @functools.cache
+    def from_(begin: int) -> int:
+        if begin == len(lengths):
+            return 0
+        counts = range(1, min(engine.batch_size, len(lengths) - begin) + 1)
+        return min(
+            count * lengths[begin] + engine.batch_cost + from_(begin + count)
+            for count in counts
+            if _fits(engine, count, lengths[begin])
+        )
+
+    return from_(0)
+
+
+def test_the_cut_costs_the_least_of_every_way_to_cut_the_sorted_windows_within_the_budgets(task):
+    from nlpkit.inference.engine import _Item
+
+    engine = Engine(task, batch_size=4, max_batch_tokens=200, max_batch_attention=4 * 60 * 60)
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = sorted((rng.randint(1, 90) for _ in range(rng.randint(1, 11))), reverse=True)
+        batches = engine._batches([_Item(i, 0, [1] * n) for i, n in enumerate(lengths)])
+        assert all(_fits(engine, len(batch), len(batch[0].ids)) for batch in batches)
+        cost = sum(len(batch) * len(batch[0].ids) + engine.batch_cost for batch in batches)
+        assert cost == _cheapest_cut(engine, lengths), lengths
 
 
 class ExplodingTask(SentimentTask):
