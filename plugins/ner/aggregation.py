@@ -23,8 +23,9 @@ instead, so no entity is duplicated or cut at a seam.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,9 +33,9 @@ STRATEGIES = ("none", "simple", "first", "average", "max")
 IGNORED_LABELS = ("O",)
 
 
-@dataclass(frozen=True)
-class Token:
-    """One non-special token of a window: where it is in the text and its label scores."""
+class Token(NamedTuple):
+    """One non-special token of a window: where it is in the text and its label scores. (Tuples, not
+    dataclasses: a sentence makes one per token, and a tuple is built in a third of the time.)"""
 
     position: int  # index in the window
     start: int
@@ -43,8 +44,7 @@ class Token:
     is_subword: bool
 
 
-@dataclass(frozen=True)
-class Entity:
+class Entity(NamedTuple):
     """A labelled character span; ``first``/``last`` are window token positions."""
 
     label: str
@@ -62,7 +62,7 @@ def window_entities(tokens: Sequence[Token], id2label: dict[int, str], strategy:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown aggregation '{strategy}'; choose one of: {', '.join(STRATEGIES)}")
     if strategy in ("none", "simple"):
-        labelled = [_token_entity(token, id2label) for token in tokens]
+        labelled = _token_entities(tokens, id2label)
     else:
         labelled = [_word_entity(word, id2label, strategy) for word in _words(tokens)]
     if strategy != "none":
@@ -70,9 +70,15 @@ def window_entities(tokens: Sequence[Token], id2label: dict[int, str], strategy:
     return [entity for entity in labelled if entity.label not in IGNORED_LABELS]
 
 
-def _token_entity(token: Token, id2label: dict[int, str]) -> Entity:
-    best = int(token.scores.argmax())
-    return Entity(id2label[best], token.start, token.end, float(token.scores[best]), token.position, token.position)
+def _token_entities(tokens: Sequence[Token], id2label: dict[int, str]) -> list[Entity]:
+    """Each token with its best label, found for the whole window in one numpy call."""
+    scores = np.stack([token.scores for token in tokens])
+    best = scores.argmax(axis=1)
+    best_scores = scores[np.arange(len(tokens)), best].tolist()
+    return [
+        Entity(id2label[label], token.start, token.end, score, token.position, token.position)
+        for token, label, score in zip(tokens, best.tolist(), best_scores, strict=True)
+    ]
 
 
 def _words(tokens: Sequence[Token]) -> list[list[Token]]:
@@ -106,24 +112,35 @@ def _tag(label: str) -> tuple[str, str]:
 
 
 def _group(entities: list[Entity]) -> list[Entity]:
+    """Runs of one type merged into one entity each; runs of IGNORED_LABELS (most tokens) dropped unscored."""
     groups: list[list[Entity]] = []
+    kinds: list[str] = []
     for entity in entities:
         boundary, kind = _tag(entity.label)
-        if groups and boundary != "B" and _tag(groups[-1][-1].label)[1] == kind:
+        if groups and boundary != "B" and kinds[-1] == kind:
             groups[-1].append(entity)
         else:
             groups.append([entity])
+            kinds.append(kind)
     return [
         Entity(
-            _tag(group[0].label)[1],
+            kind,
             group[0].start,
             group[-1].end,
-            float(np.nanmean([member.score for member in group])),
+            _mean_ignoring_nan([member.score for member in group]),
             group[0].first,
             group[-1].last,
         )
-        for group in groups
+        for kind, group in zip(kinds, groups, strict=True)
+        if kind not in IGNORED_LABELS
     ]
+
+
+def _mean_ignoring_nan(values: list[float]) -> float:
+    """What the pipeline's ``np.nanmean`` gives for an entity's few token scores, without numpy's cost
+    per call (tens of microseconds, once per entity of every sentence)."""
+    kept = [value for value in values if not math.isnan(value)]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def mark_cuts(entities: list[Entity], first_position: int, last_position: int, *, cut_before: bool,
