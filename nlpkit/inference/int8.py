@@ -30,7 +30,7 @@ from nlpkit.tasks.base import Record, Task
 # to see it: on SST-2, 99.80% on 512 training phrases (all nodes int8) became 98.28% on the
 # 872 dev sentences; 2,000 phrases kept 4 nodes fp32, and dev agreed on 99.89%.
 CALIBRATION_MARGIN = 0.5
-# Ranking runs the model once per node (24-25 on a 6-layer MiniLM); a random part of the sample ranks
+# Ranking runs the model once per node (24-28 in the MiniLMs measured here); a random part of the sample ranks
 # them about as well as all of it: on 2,000 SST-2 phrases, 500 put the same 4 nodes first.
 RANKING_RECORDS = 500
 MAX_FP32_SHARE = 2  # keep at most 1/2 of the nodes fp32: past that int8 buys too little to call it int8

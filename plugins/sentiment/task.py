@@ -88,7 +88,7 @@ class SentimentTask(Task):
         logits = [output["logits"] for output in outputs]
         probabilities = softmax(logits[0] if len(logits) == 1 else np.mean(logits, axis=0)).tolist()
         names = self.model.id2label
-        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        best = probabilities.index(max(probabilities))
         output = {
             "label": names[best],
             "score": probabilities[best],
