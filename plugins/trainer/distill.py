@@ -31,7 +31,7 @@ from nlpkit import settings
 from nlpkit.errors import DataFormatError, NlpkitError
 from nlpkit.evaluation import evaluate
 from nlpkit.inference.backends import get_backend
-from nlpkit.inference.loading import LoadedModel, native_bf16, pick_device
+from nlpkit.inference.loading import LoadedModel
 from nlpkit.models.cls_only import first_token_only_where_possible
 from nlpkit.models.files import quiet_loading, resolve_model_path, write_metadata
 from nlpkit.pipelines import ModelRegistry
@@ -41,7 +41,7 @@ from nlpkit.tasks.base import Task
 from nlpkit.tasks.readers import seeded_sample
 from nlpkit_plugins.trainer.batching import pad
 from nlpkit_plugins.trainer.finetune import FineTuneResult, save_model
-from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
+from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop, training_accelerator
 from nlpkit_plugins.trainer.losses import (
     TaskDistillationWeights,
     TripleLossWeights,
@@ -91,10 +91,7 @@ def distill(config: DistillConfig, database: Database) -> FineTuneResult:
     if (config.student is None) == (config.student_layers is None):
         raise NlpkitError("give either --student-layers (a copy of the teacher) or --student REF, not both or neither")
     set_seed(config.seed)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(config.device))
-    accelerator = Accelerator(
-        mixed_precision="bf16" if use_bf16 else "no", cpu=pick_device(config.device).type == "cpu"
-    )
+    accelerator, use_bf16 = training_accelerator(config.precision, config.device)
     run = _GeneralRun if config.task is None else _TaskRun
     job = run(config, database, accelerator, use_bf16)
     if not accelerator.is_main_process:

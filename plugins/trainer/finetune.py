@@ -24,7 +24,7 @@ from nlpkit import settings
 from nlpkit.errors import NlpkitError
 from nlpkit.evaluation import evaluate
 from nlpkit.inference.backends import get_backend
-from nlpkit.inference.loading import LoadedModel, native_bf16, pick_device
+from nlpkit.inference.loading import LoadedModel
 from nlpkit.models.files import quiet_loading, resolve_model_path, write_metadata
 from nlpkit.pipelines import ModelRegistry
 from nlpkit.plugins import get_task_class
@@ -32,7 +32,7 @@ from nlpkit.store import Database
 from nlpkit.tasks.base import Example, Task
 from nlpkit.tasks.readers import seeded_sample
 from nlpkit_plugins.trainer.batching import collate
-from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop
+from nlpkit_plugins.trainer.loop import LoopConfig, TrainingLoop, training_accelerator
 
 
 @dataclass(kw_only=True)
@@ -70,11 +70,7 @@ class FineTuneResult:
 def fine_tune(config: FineTuneConfig, database: Database) -> FineTuneResult:
     """Train, evaluate, keep the best checkpoint and register it under ``config.name``."""
     set_seed(config.seed)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and native_bf16(config.device))
-    # cpu=True also makes processes started by `accelerate launch` on a CPU-only machine join one
-    # gloo process group; without it each would train alone.
-    cpu = pick_device(config.device).type == "cpu"
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=cpu)
+    accelerator, use_bf16 = training_accelerator(config.precision, config.device)
     task_class = get_task_class(config.task)
     train_examples = seeded_sample(task_class.read_examples(config.data), config.max_examples, config.seed)
     eval_examples = task_class.read_examples(config.eval_data) if config.eval_data else []

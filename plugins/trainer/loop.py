@@ -28,13 +28,34 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from nlpkit.errors import NlpkitError
+from nlpkit.inference.loading import native_bf16, pick_device
 from nlpkit_plugins.trainer.batching import length_grouped_batches
 
 STATE_FILE = "progress.json"
+
+
+def training_accelerator(precision: str, device: str) -> tuple[Accelerator, bool]:
+    """The Accelerator for one training run, and whether it computes in bf16.
+
+    ``precision`` "auto" means bf16 where the device has bf16 units. Accelerate keeps one
+    mixed-precision setting per process and refuses a second Accelerator that asks for another,
+    so a process that trains twice (a notebook, a test suite, a script calling ``fine_tune`` in
+    fp32 and then, on a CPU with bf16 units, in "auto") would fail on its second run. The
+    earlier run's setting is dropped first; the process group (``accelerate launch``) is kept.
+    ``cpu=True`` on a CPU-only machine makes the processes of ``accelerate launch`` join one
+    gloo process group; without it each would train alone.
+    """
+    use_bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
+    mixed_precision = "bf16" if use_bf16 else "no"
+    earlier = AcceleratorState._shared_state  # Accelerate's per-process singleton; no public way to ask
+    if earlier and earlier.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=pick_device(device).type == "cpu"), use_bf16
 
 
 @dataclass

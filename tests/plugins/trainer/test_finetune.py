@@ -163,6 +163,17 @@ def test_frozen_layers_keep_their_weights_while_the_rest_learns(tmp_path, base_m
     assert any(name.startswith("transformer.layer.1.") for name in changed)
 
 
+def test_one_process_trains_in_fp32_then_in_bf16(tmp_path, base_model, database):
+    """Accelerate keeps one precision per process: a second run asking for another must still train
+    (on CPUs with bf16 units `--precision auto` means bf16, so this is any fp32 run followed by a default one)."""
+    first = fine_tune(tiny_config(tmp_path / "fp32", base_model, epochs=1), database)
+    in_bf16 = tiny_config(tmp_path / "bf16", base_model, epochs=1, precision="bf16", name="tiny-bf16")
+    second = fine_tune(in_bf16, database)
+    back = fine_tune(tiny_config(tmp_path / "again", base_model, epochs=1, name="tiny-again"), database)
+    assert [len(run.history) for run in (first, second, back)] == [1, 1, 1]
+    assert (second.model_dir / "model.safetensors").is_file() and back.best_metrics == first.best_metrics
+
+
 def test_freezing_more_layers_than_the_model_has_is_one_line(tmp_path, base_model, nlpkit_home):
     runner = CliRunner()
     assert runner.invoke(build_cli(), ["db", "upgrade"]).exit_code == 0
