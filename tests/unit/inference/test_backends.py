@@ -265,9 +265,12 @@ def test_bench_runs_the_openvino_peer_and_sets_every_row_against_it(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["variant"]: row for row in map(json.loads, done.stdout.splitlines())}
     assert set(rows) == {PEER, "engine torch", "engine openvino"}
-    assert rows[PEER]["agreement"] == 1.0  # the same weights, the same answers, whoever runs them
-    assert rows["engine openvino"]["agreement"] == 1.0
     assert rows[PEER]["precision"] in ("fp32", "bf16")  # what OpenVINO chose on this CPU, recorded as such
+    # In fp32 the same weights give the same answers, whoever runs them. Where the CPU has bf16 units
+    # OpenVINO computes in bf16 and a random tiny model's near-ties may flip (1 of these 40 on Zen 4);
+    # answers out of order would agree on about half.
+    assert rows[PEER]["agreement"] >= (1.0 if rows[PEER]["precision"] == "fp32" else 0.9)
+    assert rows["engine openvino"]["agreement"] == 1.0
     assert rows[PEER]["ratio_to_peer"] == 1.0
     assert all(row["ratio_to_peer"] > 0 for row in rows.values())
     assert rows[PEER]["seq_per_s"] > 0 and rows[PEER]["rss_mb"] > 0
