@@ -29,7 +29,7 @@ from nlpkit.models.files import (
     resolve_model_path,
 )
 from nlpkit.system.hardware import has_bf16
-from nlpkit.system.threads import apply_to_torch, thread_count
+from nlpkit.system.threads import apply_to_torch, parallel_batches, thread_count
 
 if TYPE_CHECKING:
     import torch
@@ -91,11 +91,19 @@ class LoadedModel:
         return id2label(self.config)
 
     @property
+    def parallel_batches(self) -> int:
+        """How many batches :meth:`forward` may be given at once from different threads, each running
+        on its share of the threads (graph backends on several threads); 1 where a batch takes them all."""
+        return getattr(self.session, "parallel", 1)
+
+    @property
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Every tensor output of one padded batch, as float32 arrays, whatever the backend."""
+        """Every tensor output of one padded batch, as float32 arrays, whatever the backend.
+
+        Safe to call from :attr:`parallel_batches` threads at once."""
         if self.session is not None:
             from nlpkit.inference.onnx.runtime import run_session
 
@@ -182,7 +190,7 @@ def _open_onnx(loaded: LoadedModel, min_agreement: float) -> CachedGraph:
         from nlpkit.inference.onnx.export import exported_model
 
         graph = exported_model(loaded)
-    loaded.session = runtime.open_session(graph.path, thread_count())
+    loaded.session = runtime.open_session(graph.path, thread_count(), parallel_batches())
     return graph
 
 
@@ -200,7 +208,7 @@ def _open_openvino(loaded: LoadedModel, min_agreement: float) -> CachedGraph:
         from nlpkit.inference.openvino.convert import converted_model
 
         graph = converted_model(loaded)
-    loaded.session = runtime.open_session(graph.path, thread_count(), loaded.backend.precision)
+    loaded.session = runtime.open_session(graph.path, thread_count(), loaded.backend.precision, parallel_batches())
     return graph
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,12 @@ def quiet_logger(name: str | None) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def open_session(file: Path, threads: int) -> onnxruntime.InferenceSession:
-    """A CPU session with every graph optimisation on, running on ``threads`` threads."""
+def open_session(file: Path, threads: int, parallel: int = 1) -> onnxruntime.InferenceSession | SessionPool:
+    """A CPU session with every graph optimisation on, running on ``threads`` threads; with ``parallel``
+    above 1, that many sessions of ``threads // parallel`` threads each, for batches run side by side."""
+    if parallel > 1:
+        share = max(1, threads // parallel)
+        return SessionPool([open_session(file, share) for _ in range(parallel)])
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -86,6 +91,41 @@ def open_session(file: Path, threads: int) -> onnxruntime.InferenceSession:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+
+class FreeList:
+    """Objects handed to one thread at a time: sessions, or OpenVINO's infer requests (each holds its
+    buffers between calls). A caller waits while all are in use."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for item in items:
+            self._free.put(item)
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[Any]:
+        item = self._free.get()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+
+class SessionPool:
+    """Sessions of one file that answer like one (``get_outputs``, ``run``) and run ``parallel`` calls at
+    once, one per session: what :class:`nlpkit.inference.engine.Engine` feeds its batches to side by side."""
+
+    def __init__(self, sessions: list[onnxruntime.InferenceSession]) -> None:
+        self._sessions = FreeList(sessions)
+        self.parallel = len(sessions)
+
+    def get_outputs(self) -> list[Any]:
+        return self._sessions.items[0].get_outputs()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._sessions.taken() as session:
+            return session.run(names, feeds)
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,18 @@ directory is read-only), as OpenVINO IR (``.xml`` graph, ``.bin`` weights), each
 that carries the weights' revision and nlpkit's graph version: the same rules as the ONNX files,
 so retraining a model in place, or a change to the exported graph, makes them anew.
 
-A session compiles for the CPU with one stream on the configured thread count (the
-``LATENCY`` hint): the engine runs one batch at a time, and a lone request gets one stream's
-threads, so the ``THROUGHPUT`` hint's two single-thread streams gain nothing and can lose (on 2 busy
-cores, SST-2 dev ran at 136.7 sequences/s with it and 139.7 without). The inference precision is always
+A session compiles for the CPU on the configured thread count: one stream of all of them (the
+``LATENCY`` hint) where batches run one at a time, or, where the engine runs batches side by side
+(:func:`nlpkit.system.threads.parallel_batches`), one stream per batch with one infer request
+each (``THROUGHPUT`` with that many streams). A lone request gets only its stream's threads, so
+streams pay only where calls really overlap (on 2 busy Zen 3 cores, SST-2 dev one batch at a time:
+136.7 sequences/s with two streams, 139.7 with one). The inference precision is always
 set, and checked after compiling: left alone, OpenVINO computes in bf16 wherever the CPU has
 bf16 units, and asked for bf16 where it has none it computes in fp32 without a word.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from nlpkit.errors import NlpkitError
-from nlpkit.inference.onnx.runtime import CachedGraph, admit_int8, cache_dir, read_report
+from nlpkit.inference.onnx.runtime import CachedGraph, FreeList, admit_int8, cache_dir, read_report
 
 if TYPE_CHECKING:
     import openvino
@@ -66,14 +67,14 @@ class _Output(NamedTuple):
 class Session:
     """A compiled OpenVINO model that answers like an ONNX Runtime session (``get_outputs``, ``run``),
     so the engine, :class:`nlpkit.inference.onnx.outliers.ChannelMaxima` and the quantizers' wrappers
-    run either alike. One infer request serves every call, under a lock: a request holds its
-    buffers between calls, and an ONNX Runtime session may be shared by threads."""
+    run either alike. It has one infer request per stream, each serving one call at a time: a
+    request holds its buffers between calls, and an ONNX Runtime session may be shared by threads."""
 
     def __init__(self, compiled: openvino.CompiledModel) -> None:
         self.compiled = compiled
         self._names = [output.get_any_name() for output in compiled.outputs]
-        self._request = compiled.create_infer_request()
-        self._lock = threading.Lock()
+        self.parallel = int(compiled.get_property("NUM_STREAMS"))
+        self._requests = FreeList([compiled.create_infer_request() for _ in range(self.parallel)])
 
     @property
     def precision(self) -> str:
@@ -83,8 +84,8 @@ class Session:
         return [_Output(name) for name in self._names]
 
     def run(self, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._lock:  # copied out: the next call reuses the request's output buffers
-            values = self._request.infer(feeds, share_outputs=False)
+        with self._requests.taken() as request:  # copied out: the next call reuses the request's output buffers
+            values = request.infer(feeds, share_outputs=False)
         by_name = dict(zip(self._names, values.to_tuple(), strict=True))
         return [by_name[name] for name in names]
 
@@ -95,8 +96,9 @@ def compiled_precision(compiled: openvino.CompiledModel) -> str:
     return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
 
 
-def open_session(file: Path | Any, threads: int, precision: str = "fp32") -> Session:
-    """A CPU session of an IR file (or an in-memory ``openvino.Model``) computing in ``precision``.
+def open_session(file: Path | Any, threads: int, precision: str = "fp32", parallel: int = 1) -> Session:
+    """A CPU session of an IR file (or an in-memory ``openvino.Model``) computing in ``precision``, with
+    ``parallel`` streams sharing ``threads`` (one: every call on all the threads).
 
     Refuses a precision OpenVINO will not compute in on this CPU rather than record one it never used.
     """
@@ -104,9 +106,12 @@ def open_session(file: Path | Any, threads: int, precision: str = "fp32") -> Ses
 
     config = {
         "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
     }
+    if parallel > 1:
+        config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": parallel}
+    else:
+        config["PERFORMANCE_HINT"] = "LATENCY"
     session = Session(openvino.Core().compile_model(str(file) if isinstance(file, Path) else file, "CPU", config))
     expected = "fp32" if precision == "int8" else precision
     if session.precision != expected:

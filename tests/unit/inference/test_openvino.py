@@ -44,15 +44,22 @@ def test_a_session_computes_in_the_precision_it_was_asked_for_or_refuses(sentime
             runtime.open_session(graph, 1, "bf16")
 
 
-def test_a_session_runs_on_the_configured_threads_with_one_stream(sentiment_copy: Path) -> None:
+def test_a_session_runs_on_the_configured_threads_one_stream_per_parallel_batch(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     try:
         configure_threads(1)
         compiled = load_model(str(sentiment_copy), HEAD, backend="openvino").session.compiled
         assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
         assert compiled.get_property("NUM_STREAMS") == 1
         configure_threads(2)
-        compiled = load_model(str(sentiment_copy), HEAD, backend="openvino").session.compiled
-        assert compiled.get_property("INFERENCE_NUM_THREADS") == 2
+        loaded = load_model(str(sentiment_copy), HEAD, backend="openvino")
+        assert loaded.session.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+        assert loaded.session.compiled.get_property("NUM_STREAMS") == 2 == loaded.parallel_batches
+        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "1")  # one batch at a time on both threads: lowest latency
+        loaded = load_model(str(sentiment_copy), HEAD, backend="openvino")
+        assert loaded.session.compiled.get_property("NUM_STREAMS") == 1 == loaded.parallel_batches
+        assert loaded.session.compiled.get_property("INFERENCE_NUM_THREADS") == 2
     finally:
         configure_threads()
 
