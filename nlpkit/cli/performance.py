@@ -264,7 +264,9 @@ class BenchOptions:
 @click.option("--max-batch-tokens", type=click.IntRange(1), help="Padded-token budget per engine batch [2048 CPU].")
 @click.option("--threads", type=click.IntRange(1), help="Intra-op threads [usable CPUs, or NLPKIT_THREADS].")
 @click.option("--no-pipeline", is_flag=True, help="Skip the transformers pipeline baselines.")
-@click.option("--no-peer", is_flag=True, help="Skip the OpenVINO peer (convert_model, length-sorted batches of 32).")
+@click.option(
+    "--no-peer", is_flag=True, help="Skip the OpenVINO peer (convert_model, length-sorted batches of 32, both hints)."
+)
 @click.option("--no-stream", is_flag=True, help="Skip the streaming run (it starts a local Kafka broker).")
 @bootstrap_option
 @click.option(
@@ -413,7 +415,8 @@ def _caption(rows: list[Any], facts: dict[str, Any]) -> str:
     )
     return (
         f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; x peer: over "
-        "OpenVINO run as its users run it (convert_model, length-sorted batches of 32); % peak: model "
+        "OpenVINO run as its users run it (convert_model, length-sorted batches of 32, the faster of its latency "
+        "and throughput hints); % peak: model "
         "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
         f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32){stream}"
     )

@@ -7,13 +7,16 @@ import json
 import random
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from reviews import sentences
 
-from nlpkit.bench.suite import PEER
+from nlpkit.bench.suite import PEERS
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 from nlpkit.inference.agreement import agreement, decision, distance
 from nlpkit.inference.backends import INT8_BACKENDS
@@ -25,6 +28,7 @@ from nlpkit.inference.openvino import quantize as openvino_quantize
 from nlpkit.inference.openvino import runtime as openvino_runtime
 from nlpkit.pipelines import load_task
 from nlpkit.system.hardware import describe
+from nlpkit.system.threads import configure_threads
 from nlpkit.tasks.base import Record
 from nlpkit.testing import save_tiny_distilbert
 
@@ -62,6 +66,57 @@ def test_an_fp32_graph_forward_matches_torch_logits_on_padded_batches(sentiment_
     expected = torch_model.forward(ids, mask)["logits"]
     assert np.abs(graph_model.forward(ids, mask)["logits"] - expected).max() < 1e-5
     assert graph_model.first_token_only  # the [CLS]-only last layer carried into the graph
+
+
+class _Overlap:
+    """A session that counts how many calls are in it at once; each call lingers so that overlaps show."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.parallel = session, session.parallel
+        self.inside = self.most = 0
+        self._lock = threading.Lock()
+
+    def get_outputs(self) -> list[Any]:
+        return self.session.get_outputs()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(0.02)
+            return self.session.run(names, feeds)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_batches_run_side_by_side_answer_as_batches_run_one_at_a_time(
+    sentiment_copy: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [Record({"text": t}) for t in sentences(60, seed=4)]
+    try:
+        configure_threads(2)
+        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "1")
+        alone = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
+        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "2")
+        side = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
+    finally:
+        configure_threads()
+    assert (alone.loaded.parallel_batches, side.loaded.parallel_batches) == (1, 2)
+    overlap = side.loaded.session = _Overlap(side.loaded.session)
+    expected, got = alone.predict(records), side.predict(records)
+    assert overlap.most == 2  # two batches were in the model at once, never more
+    assert [decision(p.output) for p in got] == [decision(p.output) for p in expected]
+    assert distance([p.output for p in expected], [p.output for p in got]) < 1e-5
+    # A call with fewer windows than one batch holds still makes one batch per stream, not one batch.
+    few = side.run(records[:3])
+    assert [decision(p.output) for p in few] == [decision(p.output) for p in expected[:3]]
+    from nlpkit.inference.engine import _Item
+
+    assert len(side._batches([_Item(i, 0, [1] * 5) for i in range(3)])) == 2
+    assert len(alone._batches([_Item(i, 0, [1] * 5) for i in range(3)])) == 1
 
 
 def test_torch_bf16_holds_its_weights_in_bf16_and_compiled_torch_gives_torch_scores(sentiment_copy: Path) -> None:
@@ -249,8 +304,9 @@ def test_bench_times_pipelines_engines_and_the_stream(
     assert "accuracy" in rows["engine torch"]["metrics"]
 
 
-def test_bench_runs_the_openvino_peer_and_sets_every_row_against_it(tmp_path: Path) -> None:
-    """The peer: the transformers weights converted by OpenVINO, length-sorted batches of 32, the same threads."""
+def test_bench_runs_the_openvino_peer_in_both_modes_and_sets_every_row_against_the_faster(tmp_path: Path) -> None:
+    """The peer: the transformers weights converted by OpenVINO, length-sorted batches of 32, the same threads,
+    with the latency hint (one batch at a time) and the throughput hint (two in flight on 2 threads)."""
     texts = sentences(40, seed=6)
     model = save_tiny_distilbert(tmp_path / "model", labels=["negative", "positive"], seed=2)
     answers = Engine(load_task("sentiment", str(model))).predict([Record({"text": t}) for t in texts])
@@ -264,13 +320,42 @@ def test_bench_runs_the_openvino_peer_and_sets_every_row_against_it(tmp_path: Pa
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["variant"]: row for row in map(json.loads, done.stdout.splitlines())}
-    assert set(rows) == {PEER, "engine torch", "engine openvino"}
-    assert rows[PEER]["precision"] in ("fp32", "bf16")  # what OpenVINO chose on this CPU, recorded as such
-    # In fp32 the same weights give the same answers, whoever runs them. Where the CPU has bf16 units
-    # OpenVINO computes in bf16 and a random tiny model's near-ties may flip (1 of these 40 on Zen 4);
-    # answers out of order would agree on about half.
-    assert rows[PEER]["agreement"] >= (1.0 if rows[PEER]["precision"] == "fp32" else 0.9)
+    assert set(rows) == {*PEERS.values(), "engine torch", "engine openvino"}
+    for peer in PEERS.values():
+        assert rows[peer]["precision"] in ("fp32", "bf16")  # what OpenVINO chose on this CPU, recorded as such
+        # In fp32 the same weights give the same answers, whoever runs them. Where the CPU has bf16 units
+        # OpenVINO computes in bf16 and a random tiny model's near-ties may flip (1 of these 40 on Zen 4);
+        # answers out of order (two batches in flight, merged wrongly) would agree on about half.
+        assert rows[peer]["agreement"] >= (1.0 if rows[peer]["precision"] == "fp32" else 0.9)
+        assert rows[peer]["seq_per_s"] > 0 and rows[peer]["rss_mb"] > 0
     assert rows["engine openvino"]["agreement"] == 1.0
-    assert rows[PEER]["ratio_to_peer"] == 1.0
+    assert max(rows[peer]["ratio_to_peer"] for peer in PEERS.values()) == 1.0  # the faster peer is the yardstick
     assert all(row["ratio_to_peer"] > 0 for row in rows.values())
-    assert rows[PEER]["seq_per_s"] > 0 and rows[PEER]["rss_mb"] > 0
+
+
+def test_the_peer_keeps_as_many_batches_in_flight_as_openvino_asks_and_answers_in_order(tmp_path: Path) -> None:
+    """The loop a text classifier's peer runs, and the pipelines a token classifier's runs side by side, answer
+    as the pipeline does with the same OpenVINO model one batch at a time."""
+    from transformers import pipeline
+
+    from nlpkit.bench import peers
+
+    model = save_tiny_distilbert(tmp_path / "model", labels=["negative", "positive"], seed=2)
+    texts = sentences(70, seed=8)
+    hf = pipeline("text-classification", model=str(model))
+    compiled, names = peers.compiled_for(hf, threads=2, hint="THROUGHPUT")
+    assert peers.in_flight(compiled) == 2  # one stream per thread on 2 threads
+    looped = peers.classify(hf, compiled, names, texts, {"batch_size": 8, "truncation": True})
+    peers.openvino_forward(hf, compiled, names)
+    one_lane = peers.run_in_flight([hf], texts, {"batch_size": 8})
+    second = pipeline("text-classification", model=hf.model, tokenizer=str(model))
+    two_lanes = peers.run_in_flight([hf, second], texts, {"batch_size": 8})
+    # The same batches on the same compiled model: the same answers, each back in its own place.
+    for answers in (looped, two_lanes):
+        assert [a["label"] for a in answers] == [a["label"] for a in one_lane]
+        assert [a["score"] for a in answers] == pytest.approx([a["score"] for a in one_lane], abs=1e-5)
+    assert len({round(a["score"], 4) for a in one_lane}) > 10  # distinct answers, so a shuffle would show
+    every_label = peers.classify(hf, compiled, names, texts[:5], {"batch_size": 8, "top_k": None})
+    assert all(sorted(a["label"] for a in answer) == ["negative", "positive"] for answer in every_label)
+    assert [answer[0]["label"] for answer in every_label] == [a["label"] for a in looped[:5]]
+    assert [answer[0]["score"] for answer in every_label] == pytest.approx([a["score"] for a in looped[:5]], abs=1e-5)
