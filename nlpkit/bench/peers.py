@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nlpkit.inference.onnx.runtime import FreeList
+from nlpkit.inference.openvino.runtime import first_inference
 
 
 def compiled_for(hf: Any, threads: int, hint: str) -> tuple[Any, list[str]]:
@@ -39,7 +40,9 @@ def compiled_for(hf: Any, threads: int, hint: str) -> tuple[Any, list[str]]:
     with torch.inference_mode():
         converted = openvino.convert_model(hf.model, example_input=example)
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint}
-    return openvino.Core().compile_model(converted, "CPU", config), list(example)
+    compiled = openvino.Core().compile_model(converted, "CPU", config)
+    first_inference(compiled)  # before any threads share it
+    return compiled, list(example)
 
 
 def in_flight(compiled: Any) -> int:

@@ -74,6 +74,7 @@ class Session:
         self.compiled = compiled
         self._names = [output.get_any_name() for output in compiled.outputs]
         self.parallel = int(compiled.get_property("NUM_STREAMS"))
+        first_inference(compiled)
         self._requests = FreeList([compiled.create_infer_request() for _ in range(self.parallel)])
 
     @property
@@ -88,6 +89,17 @@ class Session:
             values = request.infer(feeds, share_outputs=False)
         by_name = dict(zip(self._names, values.to_tuple(), strict=True))
         return [by_name[name] for name in names]
+
+
+def first_inference(compiled: openvino.CompiledModel) -> None:
+    """One inference on one thread, before any run side by side. The first call that hands OpenVINO's
+    Python binding a numpy array sets up a static in it, and two threads making that first call at
+    once can deadlock: one holds the interpreter lock waiting for the static's guard while the other
+    holds the guard waiting for the lock (a stream bench's two batch threads hung so for good,
+    OpenVINO 2026.4.1). Once set up, calls from any number of threads are safe."""
+    request = compiled.create_infer_request()
+    request.infer({model_input.get_any_name(): np.ones((1, 2), np.int64) for model_input in compiled.inputs})
+    _ = request.get_output_tensor(0).data  # the outputs' way into numpy too
 
 
 def compiled_precision(compiled: openvino.CompiledModel) -> str:
