@@ -101,8 +101,10 @@ class WorkerStats:
     dead_letters: int = 0
     tombstones: int = 0
     batches: int = 0
-    # time.perf_counter() at the last successful offset commit: when the work was done, before the
-    # consumer leaves its group on the way out (the bench times a stream to here).
+    # time.perf_counter() when the group first gave this worker partitions, and at the last successful
+    # offset commit: when the work could start, and when it was done, before the consumer leaves its
+    # group on the way out (the bench times a stream between the two).
+    assigned_at: float | None = None
     committed_at: float | None = None
 
 
@@ -303,6 +305,8 @@ class Worker:
         return (message.topic(), message.partition()) in self._assigned
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.stats.assigned_at is None and partitions:
+            self.stats.assigned_at = time.perf_counter()
         self._assigned.update((p.topic, p.partition) for p in partitions)
         log.info("assigned %s", _describe(partitions))
 
