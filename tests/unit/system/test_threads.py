@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlpkit.system.threads import _cgroup_cpu_quota, configure_threads
+from nlpkit.errors import NlpkitError
+from nlpkit.system.threads import _cgroup_cpu_quota, configure_threads, parallel_batches
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,22 @@ def test_the_default_follows_the_cpu_affinity_mask() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "1"
+
+
+def test_two_batches_side_by_side_where_there_are_two_threads_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NLPKIT_PARALLEL_BATCHES", raising=False)
+    assert (parallel_batches(1), parallel_batches(2), parallel_batches(8)) == (1, 2, 2)
+    monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "1")  # every batch on all threads: lowest latency
+    assert parallel_batches(8) == 1
+    monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "4")
+    assert (parallel_batches(2), parallel_batches(8)) == (2, 4)  # never more batches than threads
+
+
+@pytest.mark.parametrize("name", ["NLPKIT_THREADS", "NLPKIT_PARALLEL_BATCHES"])
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_count_in_the_environment_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(NlpkitError, match=f"{name} must be a whole number of at least 1, not '{value}'"):
+        configure_threads() if name == "NLPKIT_THREADS" else parallel_batches(2)
