@@ -66,16 +66,13 @@ def openvino_forward(hf: Any, compiled: Any, names: Sequence[str]) -> None:
     hf.model.forward = forward  # the pipeline calls the module; the module calls this
 
 
-def classify(hf: Any, compiled: Any, names: Sequence[str], texts: Sequence[str], options: dict[str, Any]) -> list[Any]:
+def classify(hf: Any, queue: Any, names: Sequence[str], texts: Sequence[str], options: dict[str, Any]) -> list[Any]:
     """What text-classification pipeline ``hf`` answers for ``texts`` (already sorted by length), computed
     by the loop an OpenVINO user writes: each batch of ``options["batch_size"]`` tokenized at once and
-    handed to an ``AsyncInferQueue`` with as many requests as OpenVINO wants in flight."""
-    import openvino
-
+    handed to ``queue``, an ``AsyncInferQueue`` made once with as many requests as OpenVINO wants in flight."""
     size = options["batch_size"]
     cut = {key: options[key] for key in ("truncation", "max_length") if key in options}
     logits: dict[int, np.ndarray] = {}
-    queue = openvino.AsyncInferQueue(compiled, in_flight(compiled))
     queue.set_callback(lambda request, start: logits.__setitem__(start, request.get_output_tensor(0).data.copy()))
     for start in range(0, len(texts), size):
         batch = hf.tokenizer(list(texts[start : start + size]), padding=True, return_tensors="np", **cut)

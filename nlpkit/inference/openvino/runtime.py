@@ -74,7 +74,8 @@ class Session:
         self.compiled = compiled
         self._names = [output.get_any_name() for output in compiled.outputs]
         self.parallel = int(compiled.get_property("NUM_STREAMS"))
-        first_inference(compiled)
+        if self.parallel > 1:  # only then do threads call it at once
+            first_inference(compiled)
         self._requests = FreeList([compiled.create_infer_request() for _ in range(self.parallel)])
 
     @property

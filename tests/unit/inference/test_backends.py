@@ -336,6 +336,7 @@ def test_bench_runs_the_openvino_peer_in_both_modes_and_sets_every_row_against_t
 def test_the_peer_keeps_as_many_batches_in_flight_as_openvino_asks_and_answers_in_order(tmp_path: Path) -> None:
     """The loop a text classifier's peer runs, and the pipelines a token classifier's runs side by side, answer
     as the pipeline does with the same OpenVINO model one batch at a time."""
+    import openvino
     from transformers import pipeline
 
     from nlpkit.bench import peers
@@ -345,7 +346,8 @@ def test_the_peer_keeps_as_many_batches_in_flight_as_openvino_asks_and_answers_i
     hf = pipeline("text-classification", model=str(model))
     compiled, names = peers.compiled_for(hf, threads=2, hint="THROUGHPUT")
     assert peers.in_flight(compiled) == 2  # one stream per thread on 2 threads
-    looped = peers.classify(hf, compiled, names, texts, {"batch_size": 8, "truncation": True})
+    queue = openvino.AsyncInferQueue(compiled, peers.in_flight(compiled))
+    looped = peers.classify(hf, queue, names, texts, {"batch_size": 8, "truncation": True})
     peers.openvino_forward(hf, compiled, names)
     one_lane = peers.run_in_flight([hf], texts, {"batch_size": 8})
     second = pipeline("text-classification", model=hf.model, tokenizer=str(model))
@@ -355,7 +357,7 @@ def test_the_peer_keeps_as_many_batches_in_flight_as_openvino_asks_and_answers_i
         assert [a["label"] for a in answers] == [a["label"] for a in one_lane]
         assert [a["score"] for a in answers] == pytest.approx([a["score"] for a in one_lane], abs=1e-5)
     assert len({round(a["score"], 4) for a in one_lane}) > 10  # distinct answers, so a shuffle would show
-    every_label = peers.classify(hf, compiled, names, texts[:5], {"batch_size": 8, "top_k": None})
+    every_label = peers.classify(hf, queue, names, texts[:5], {"batch_size": 8, "top_k": None})
     assert all(sorted(a["label"] for a in answer) == ["negative", "positive"] for answer in every_label)
     assert [answer[0]["label"] for answer in every_label] == [a["label"] for a in looped[:5]]
     assert [answer[0]["score"] for answer in every_label] == pytest.approx([a["score"] for a in looped[:5]], abs=1e-5)
