@@ -11,7 +11,7 @@ files exist, both kinds run without importing torch.
 """
 
 from nlpkit.inference.backends import BACKENDS, Backend, get_backend
-from nlpkit.inference.engine import DEFAULT_BATCH_SIZE, Engine, RecordFailure
+from nlpkit.inference.engine import DEFAULT_BATCH_SIZE, Engine, EngineRun, RecordFailure
 from nlpkit.inference.loading import LoadedModel, load_model, native_bf16, pick_device
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Backend",
     "Engine",
+    "EngineRun",
     "LoadedModel",
     "RecordFailure",
     "get_backend",

@@ -16,7 +16,7 @@ worker turns failures into dead letters instead of losing a whole batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,8 @@ class RecordFailure:
 
 Outcome = Prediction | RecordFailure
 ProgressCallback = Callable[[float], None]
+# One batch's model outputs, window by window, a failure where a window's forward failed.
+BatchOutputs = list[Mapping[str, np.ndarray] | RecordFailure]
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,18 @@ class Engine:
 
     def run(self, records: Sequence[Record], progress: ProgressCallback | None = None) -> list[Outcome]:
         """A Prediction or a RecordFailure for every record, in input order."""
+        return self.start(records).outcomes(progress)
+
+    def start(self, records: Sequence[Record]) -> EngineRun:
+        """Cut the records into batches and queue them for the model; :meth:`EngineRun.outcomes` collects them.
+
+        Where the backend runs batches side by side, they start at once on the engine's threads and the
+        caller is free until it asks for the outcomes: a worker cuts its next poll and stores its last one
+        meanwhile, and the next call's batches queue behind these, so the threads never wait between
+        calls. Elsewhere the batches run when the outcomes are asked for, on the caller's thread."""
         if not records:  # tasks are never asked to cut an empty batch
-            return []
+            return EngineRun(self.task, records, [], {}, [], iter(()))
         windows, failures = self._cut(records)
-        outputs: list[list[Mapping[str, np.ndarray] | None]] = [[None] * len(w) for w in windows]
         items = [
             _Item(r, w, window.input_ids)
             for r, record_windows in enumerate(windows)
@@ -105,18 +115,7 @@ class Engine:
             for w, window in enumerate(record_windows)
         ]
         batches = self._batches(items)
-        for batch, results in zip(batches, self._forwarded(batches), strict=True):
-            for item, result in zip(batch, results, strict=True):
-                if isinstance(result, RecordFailure):
-                    failures.setdefault(item.record, result)
-                else:
-                    outputs[item.record][item.window] = result
-            if progress is not None:  # in records: a record of n windows advances 1/n per window
-                progress(sum(1 / len(windows[item.record]) for item in batch))
-        return [
-            failures[r] if r in failures else self._postprocess(record, windows[r], outputs[r])
-            for r, record in enumerate(records)
-        ]
+        return EngineRun(self.task, records, windows, failures, batches, self._forwarded(batches))
 
     def _cut(self, records: Sequence[Record]) -> tuple[list[list[Window]], dict[int, RecordFailure]]:
         """Windows for every record: one batched tokenizer call, or one call per record if that fails."""
@@ -169,15 +168,16 @@ class Engine:
             end = start[end]
         return batches[::-1]
 
-    def _forwarded(self, batches: list[list[_Item]]) -> Iterator[list[Mapping[str, np.ndarray] | RecordFailure]]:
-        """Each batch's outputs, in order; side by side on threads where the backend runs several at once."""
+    def _forwarded(self, batches: list[list[_Item]]) -> Iterator[BatchOutputs] | list[Future[BatchOutputs]]:
+        """Each batch's outputs, in order: lazily on the caller's thread, or queued on the engine's threads
+        where the backend runs several batches at once."""
         if min(self.loaded.parallel_batches, len(batches)) < 2:
             return map(self._forward_isolating, batches)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.loaded.parallel_batches, thread_name_prefix="nlpkit-batch")
-        return self._pool.map(self._forward_isolating, batches)
+        return [self._pool.submit(self._forward_isolating, batch) for batch in batches]
 
-    def _forward_isolating(self, batch: list[_Item]) -> list[Mapping[str, np.ndarray] | RecordFailure]:
+    def _forward_isolating(self, batch: list[_Item]) -> BatchOutputs:
         try:
             return list(self._forward(batch))
         except Exception as exc:
@@ -198,10 +198,55 @@ class Engine:
             return [{key: value[row, :length] for key, value in arrays.items()} for row, length in enumerate(lengths)]
         return [{key: value[row] for key, value in arrays.items()} for row in range(len(batch))]
 
-    def _postprocess(
-        self, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray] | None]
-    ) -> Outcome:
-        try:
-            return self.task.postprocess(record, windows, outputs)  # type: ignore[arg-type]
-        except Exception as exc:
-            return RecordFailure(f"postprocessing failed: {type(exc).__name__}: {exc}")
+
+class EngineRun:
+    """One :meth:`Engine.start` call's records on their way through the model."""
+
+    def __init__(
+        self,
+        task: Task,
+        records: Sequence[Record],
+        windows: list[list[Window]],
+        failures: dict[int, RecordFailure],
+        batches: list[list[_Item]],
+        forwarded: Iterator[BatchOutputs] | list[Future[BatchOutputs]],
+    ) -> None:
+        self._task = task
+        self._records = records
+        self._windows = windows
+        self._failures = failures
+        self._batches = batches
+        self._forwarded = forwarded
+
+    def outcomes(self, progress: ProgressCallback | None = None) -> list[Outcome]:
+        """A Prediction or a RecordFailure for every record, in input order, once every batch is through."""
+        windows, failures = self._windows, self._failures
+        outputs: list[list[Mapping[str, np.ndarray] | None]] = [[None] * len(w) for w in windows]
+        for batch, forwarded in zip(self._batches, self._forwarded, strict=True):
+            results = forwarded.result() if isinstance(forwarded, Future) else forwarded
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, RecordFailure):
+                    failures.setdefault(item.record, result)
+                else:
+                    outputs[item.record][item.window] = result
+            if progress is not None:  # in records: a record of n windows advances 1/n per window
+                progress(sum(1 / len(windows[item.record]) for item in batch))
+        return [
+            failures[r] if r in failures else _postprocessed(self._task, record, windows[r], outputs[r])
+            for r, record in enumerate(self._records)
+        ]
+
+    def cancel(self) -> None:
+        """Drop the batches not yet started (the outcomes are no longer wanted): a worker told to stop
+        leaves its next poll to be read again rather than finish it."""
+        for forwarded in self._forwarded if isinstance(self._forwarded, list) else ():
+            forwarded.cancel()
+
+
+def _postprocessed(
+    task: Task, record: Record, windows: Sequence[Window], outputs: Sequence[Mapping[str, np.ndarray] | None]
+) -> Outcome:
+    try:
+        return task.postprocess(record, windows, outputs)  # type: ignore[arg-type]
+    except Exception as exc:
+        return RecordFailure(f"postprocessing failed: {type(exc).__name__}: {exc}")

@@ -119,6 +119,54 @@ def test_batches_run_side_by_side_answer_as_batches_run_one_at_a_time(
     assert len(alone._batches([_Item(i, 0, [1] * 5) for i in range(3)])) == 1
 
 
+class _Gate:
+    """A session that counts its calls and holds each one until the gate opens."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.parallel = session, session.parallel
+        self.calls = 0
+        self.open = threading.Event()
+        self._lock = threading.Lock()
+
+    def get_outputs(self) -> list[Any]:
+        return self.session.get_outputs()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            self.calls += 1
+        assert self.open.wait(30), "the gate never opened"
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("backend", FP32_GRAPHS)
+def test_a_started_call_runs_on_the_engines_threads_while_the_caller_goes_on_and_can_be_dropped(
+    sentiment_copy: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [Record({"text": t}) for t in sentences(24, seed=5)]
+    try:
+        configure_threads(2)
+        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "2")
+        engine = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
+    finally:
+        configure_threads()
+    expected = engine.run(records)
+    gate = engine.loaded.session = _Gate(engine.loaded.session)
+    first = engine.start(records[:12])  # two batches go to the threads, the rest wait in the queue
+    second = engine.start(records[12:])  # queued behind the first call's batches
+    deadline = time.monotonic() + 30
+    while gate.calls < 2 and time.monotonic() < deadline:  # nobody has asked for outcomes yet
+        time.sleep(0.01)
+    assert gate.calls == 2  # both threads took a batch, and no more: the rest wait behind them
+    second.cancel()  # no longer wanted: its batches never reach the model
+    gate.open.set()
+    got = first.outcomes()
+    assert [decision(p.output) for p in got] == [decision(p.output) for p in expected[:12]]
+    assert distance([p.output for p in expected[:12]], [p.output for p in got]) < 1e-5
+    first_calls = gate.calls
+    engine.run(records[:12])
+    assert first_calls == gate.calls - first_calls  # only the first call's batches ran
+
+
 def test_torch_bf16_holds_its_weights_in_bf16_and_compiled_torch_gives_torch_scores(sentiment_copy: Path) -> None:
     import torch
 
