@@ -69,7 +69,7 @@ class WorkerMetrics:
         )
         self.inference_seconds = Histogram(
             "nlpkit_inference_seconds",
-            "Model time per batch and task.",
+            "Seconds from a batch's records going to a task's model until their outcomes are back.",
             ["task"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

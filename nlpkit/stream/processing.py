@@ -24,7 +24,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE
 
 from nlpkit.errors import InvalidRecordError, NlpkitError
 from nlpkit.hookspecs import StoredBatch
-from nlpkit.inference import Engine, RecordFailure
+from nlpkit.inference import Engine, EngineRun, RecordFailure
 from nlpkit.stream.decoding import MessageDecoder
 from nlpkit.stream.messages import DEFAULT_PASS_HEADERS, Decoded, Rejected, key_text
 from nlpkit.tasks import Prediction, Record
@@ -91,6 +91,20 @@ class ProcessedBatch:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     messages: dict[tuple[str, int, int], Incoming] = field(default_factory=dict)
 
+    def without(self, partitions: set[tuple[str, int]]) -> ProcessedBatch:
+        """The batch less everything from ``partitions`` (those taken from this worker while it ran)."""
+
+        def kept(rows: list[Row]) -> list[Row]:
+            return [row for row in rows if (row["source_topic"], row["source_partition"]) not in partitions]
+
+        return ProcessedBatch(
+            predictions=kept(self.predictions),
+            dead_letters=kept(self.dead_letters),
+            tombstones=kept(self.tombstones),
+            next_offsets={key: offset for key, offset in self.next_offsets.items() if key not in partitions},
+            messages={key: message for key, message in self.messages.items() if key[:2] not in partitions},
+        )
+
     def message_of(self, row: Row) -> Incoming:
         return self.messages[(row["source_topic"], row["source_partition"], row["source_offset"])]
 
@@ -149,7 +163,13 @@ class BatchProcessor:
         return {task: engine.loaded.name for task, engine in self.engines.items()}
 
     def process(self, messages: Sequence[Incoming]) -> ProcessedBatch:
-        batch = ProcessedBatch()
+        return self.start(messages).finish()
+
+    def start(self, messages: Sequence[Incoming]) -> PendingBatch:
+        """Decode, validate and route the messages, and queue their records for the models (see
+        :meth:`Engine.start`); :meth:`PendingBatch.finish` waits for the outcomes and makes the rows."""
+        pending = PendingBatch(self)
+        batch = pending.batch
         routed: dict[str, list[tuple[Incoming, Record, int | None]]] = defaultdict(list)
         for message in messages:
             key = (message.topic(), message.partition())
@@ -168,15 +188,9 @@ class BatchProcessor:
                 routed[task].append((message, record_or_reason, decoded.schema_id))
         for task, items in routed.items():
             started = time.perf_counter()
-            outcomes = self.engines[task].run([record for _message, record, _schema in items], progress=self.progress)
-            if self.on_inference is not None:
-                self.on_inference(task, time.perf_counter() - started)
-            for (message, record, schema_id), outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, RecordFailure):
-                    batch.dead_letters.append(dead_letter_row(message, task, Rejected(outcome.reason, stage="model")))
-                else:
-                    batch.predictions.append(self._prediction_row(task, message, record, outcome, schema_id))
-        return batch
+            run = self.engines[task].start([record for _message, record, _schema in items])
+            pending.running.append((task, items, run, started))
+        return pending
 
     def _validate(self, decoded: Decoded) -> tuple[str, Record | Rejected]:
         task = decoded.task or self.default_task
@@ -190,7 +204,7 @@ class BatchProcessor:
             return task, Rejected(str(exc), "validate")
         return task, Record(fields, decoded.record_id)
 
-    def _prediction_row(
+    def prediction_row(
         self, task: str, message: Incoming, record: Record, prediction: Prediction, schema_id: int | None
     ) -> Row:
         loaded = self.engines[task].loaded
@@ -215,6 +229,36 @@ class BatchProcessor:
             "output": prediction.output,
             "message_timestamp": message_timestamp(message),
         }
+
+
+class PendingBatch:
+    """A batch whose records are with the models: :meth:`finish` makes its rows once they are through."""
+
+    def __init__(self, processor: BatchProcessor) -> None:
+        self.processor = processor
+        self.batch = ProcessedBatch()  # tombstones and dead letters from decoding are in it already
+        # Per task: its messages with their records, the engine run, and when it started.
+        self.running: list[tuple[str, list[tuple[Incoming, Record, int | None]], EngineRun, float]] = []
+
+    def finish(self) -> ProcessedBatch:
+        """Wait for every task's outcomes and add a prediction or a dead letter per record."""
+        processor, batch = self.processor, self.batch
+        for task, items, run, started in self.running:
+            outcomes = run.outcomes(progress=processor.progress)
+            if processor.on_inference is not None:
+                processor.on_inference(task, time.perf_counter() - started)
+            for (message, record, schema_id), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, RecordFailure):
+                    batch.dead_letters.append(dead_letter_row(message, task, Rejected(outcome.reason, stage="model")))
+                else:
+                    batch.predictions.append(processor.prediction_row(task, message, record, outcome, schema_id))
+        self.running = []
+        return batch
+
+    def cancel(self) -> None:
+        """Drop what the models have not started: its messages are left to be read again."""
+        for _task, _items, run, _started in self.running:
+            run.cancel()
 
 
 def passed_headers(message: Incoming, names: Sequence[str]) -> dict[str, str] | None:

@@ -71,3 +71,24 @@ def test_passed_headers_are_the_named_ones_as_text_and_a_header_without_a_value_
     assert passed_headers(traced, ("traceparent", "tracestate")) == {"traceparent": "00-ab-cd-01", "tracestate": ""}
     assert passed_headers(traced, ()) is None
     assert passed_headers(message(0, b"plain"), ("traceparent",)) is None
+
+
+def test_a_batch_less_the_partitions_taken_away_keeps_only_the_rest(tmp_path):
+    model = save_tiny_distilbert(tmp_path / "model", labels=["negative", "positive"])
+    processor = BatchProcessor({"sentiment": Engine(load_task("sentiment", str(model)))})
+
+    def on(partition: int, offset: int, value: dict | bytes | None) -> StandInMessage:
+        raw = json.dumps(value).encode() if isinstance(value, dict) else value
+        return StandInMessage("reviews", partition, offset, None, raw, 1_700_000_000_000)
+
+    messages = [on(0, 7, {"text": "fine"}), on(1, 3, {"text": "bad"}), on(1, 4, {"text": ""}), on(1, 5, None)]
+    pending = processor.start(messages)  # its records are with the model while the worker goes on
+    batch = pending.finish()
+    assert (len(batch.predictions), len(batch.dead_letters), len(batch.tombstones)) == (2, 1, 1)
+
+    kept = batch.without({("reviews", 1)})
+    assert [row["source_offset"] for row in kept.predictions] == [7]
+    assert kept.dead_letters == [] and kept.tombstones == []
+    assert kept.next_offsets == {("reviews", 0): 8}
+    assert list(kept.messages) == [("reviews", 0, 7)]
+    assert len(batch.predictions) == 2  # the batch itself is left as it was
