@@ -15,10 +15,14 @@ This module is the transport only: the consumer, its group membership, keep-aliv
 polls, signals and commits. Turning messages into rows is ``nlpkit.stream.processing``;
 storing and copying them is ``nlpkit.stream.sinks``.
 
-Processing is synchronous between polls, so when Kafka revokes partitions (the
-callbacks run inside ``consume``) the previous batch is already stored and committed:
-nothing is in flight to lose. Messages a poll returned for partitions revoked during
-that same poll are dropped unprocessed; their new owner will read them.
+Polls overlap: while the model runs one poll's batches, the worker cuts the next poll into
+batches (queued behind them, so the model's threads never wait between polls) and stores
+the one before. Offsets stay behind every message not yet stored. When Kafka revokes
+partitions (the callbacks run inside ``consume``), the poll in flight keeps running but
+its rows from those partitions are dropped, neither stored nor committed: their new owner
+reads them again. Messages a poll returned for partitions revoked during that same poll
+are dropped unprocessed too. A worker told to stop finishes the poll it is storing and
+leaves the one behind it to be read again.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from nlpkit.stream.kafka_clients import (
 )
 from nlpkit.stream.messages import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PASS_HEADERS
 from nlpkit.stream.monitoring import STATS_INTERVAL_MS, WorkerMetrics
-from nlpkit.stream.processing import BatchProcessor, ProcessedBatch
+from nlpkit.stream.processing import BatchProcessor, PendingBatch, ProcessedBatch
 from nlpkit.stream.sinks.database import DatabaseSink, StoppedDuringOutage
 from nlpkit.stream.sinks.dead_letter_topic import DeadLetterTopic
 from nlpkit.stream.sinks.output_topic import OutputTopic, ResultEncoder, TransactionAborted, TransactionalResults
@@ -184,6 +188,8 @@ class Worker:
         self._consumer_settings: dict[str, Any] = {}
         # Messages a keep-alive poll returned in the middle of a batch; they lead the next one.
         self._carried: list[Message] = []
+        # Polls whose records are with the model, oldest first: the one being stored and the next.
+        self._in_flight: list[_InFlight] = []
         self._last_poll = time.monotonic()
         poll_interval_ms = float(config.consumer_config.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS))
         self._keep_alive_every = poll_interval_ms / 1000 / 4
@@ -245,6 +251,9 @@ class Worker:
         except StoppedDuringOutage:
             log.warning("stopped while the database was unavailable; the last batch will be delivered again")
         finally:
+            for poll in self._in_flight:  # stopping: their messages are read again, by this group
+                poll.pending.cancel()
+            self._in_flight = []
             self._consumer = None
             consumer.close()  # leaves the group at once, so partitions move without waiting for a timeout
             for sink in (self.output_topic, self.dead_letter_topic, self.transaction):
@@ -265,16 +274,24 @@ class Worker:
         started, last_report = time.monotonic(), time.monotonic()
         while not self._stopping and not self._limit_reached():
             size = self._poll_size()
-            fresh = consumer.consume(num_messages=max(1, size - len(self._carried)), timeout=self.config.poll_timeout)
+            # With a poll in flight, take only what has arrived: its rows wait to be stored until this returns.
+            timeout = 0 if self._in_flight else self.config.poll_timeout
+            fresh = consumer.consume(num_messages=max(1, size - len(self._carried)), timeout=timeout)
             self._last_poll = time.monotonic()
             candidates = self._carried + fresh
             self._carried = candidates[size:]
             messages = [message for message in candidates[:size] if self._usable(message)]
-            batch = self._process(messages) if messages else None
-            self._commit_positions(consumer, batch)
+            if messages:  # cut now, while the model runs the poll before; its batches queue behind that one's
+                self._in_flight.append(_InFlight(self.processor.start(messages), len(messages)))
+            # The newest poll stays with the model while the worker polls again; with nothing new, it is stored.
+            done = self._store_oldest() if len(self._in_flight) > (1 if messages else 0) else None
+            if done is not None or not messages:  # a poll just started and nothing stored: nothing new to commit
+                self._commit_positions(consumer, done)
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 self._report(last_report - started)
+        while self._in_flight and not self._stopping:  # the message limit: the last poll is stored before leaving
+            self._commit_positions(consumer, self._store_oldest())
 
     def _report(self, elapsed: float) -> None:
         log.info(
@@ -289,10 +306,14 @@ class Worker:
     def _poll_size(self) -> int:
         if self.config.max_messages is None:
             return self.config.batch_size
-        return max(1, min(self.config.batch_size, self.config.max_messages - self.stats.messages))
+        return max(1, min(self.config.batch_size, self.config.max_messages - self._taken()))
+
+    def _taken(self) -> int:
+        """Messages stored, and those in flight."""
+        return self.stats.messages + sum(poll.messages for poll in self._in_flight)
 
     def _limit_reached(self) -> bool:
-        return self.config.max_messages is not None and self.stats.messages >= self.config.max_messages
+        return self.config.max_messages is not None and self._taken() >= self.config.max_messages
 
     def _usable(self, message: Message) -> bool:
         error = message.error()
@@ -314,12 +335,24 @@ class Worker:
         for p in partitions:
             self._assigned.discard((p.topic, p.partition))
             self._committed.pop((p.topic, p.partition), None)
+            for poll in self._in_flight:
+                poll.revoked.add((p.topic, p.partition))
+        revoked = {(p.topic, p.partition) for p in partitions}
+        # Whoever owns them next reads them from the committed offset, this worker too if they come back.
+        self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in revoked]
         log.info("revoked %s", _describe(partitions))
 
     # --- one batch -------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> ProcessedBatch:
-        batch = self.processor.process(messages)
+    def _store_oldest(self) -> ProcessedBatch:
+        """The oldest poll in flight, once the model is through it, stored and handed to the sinks (less its
+        rows from partitions revoked meanwhile)."""
+        poll = self._in_flight[0]
+        batch = poll.pending.finish()
+        del self._in_flight[0]  # out of flight: its own rows no longer hold the next commit back
+        if poll.revoked:
+            batch = batch.without(poll.revoked)
+        messages = list(batch.messages.values())
         if self.database_sink is not None:
             self.database_sink.write(batch, self.processor.models)
         for sink in (self.output_topic, self.dead_letter_topic):
@@ -380,17 +413,19 @@ class Worker:
         """Commit each assigned partition's position, once everything before it is stored.
 
         The position is where the consumer will read next: past every message it handed
-        over (all processed and stored by now, but those carried to the next batch, where
-        the commit stops) and past what it never hands over (transaction markers, aborted
-        records). Committing it rather than the last stored offset + 1 is what lets the
-        lag of a transactional topic reach 0. Only positions that moved are committed.
+        over (all processed and stored by now, but those still with the model or carried to
+        the next batch, where the commit stops) and past what it never hands over
+        (transaction markers, aborted records). Committing it rather than the last stored
+        offset + 1 is what lets the lag of a transactional topic reach 0. Only positions
+        that moved are committed.
         """
         if not self._assigned:
             return
         held: dict[tuple[str, int], int] = {}
-        for message in self._carried:
-            key = (message.topic(), message.partition())
-            held[key] = min(held.get(key, message.offset()), message.offset())
+        unstored = [(m.topic(), m.partition(), m.offset()) for m in self._carried]
+        unstored += [key for poll in self._in_flight for key in poll.pending.batch.messages]
+        for topic, partition, offset in unstored:
+            held[(topic, partition)] = min(held.get((topic, partition), offset), offset)
         offsets = []
         for position in consumer.position([TopicPartition(t, p) for t, p in sorted(self._assigned)]):
             key = (position.topic, position.partition)
@@ -432,13 +467,28 @@ class Worker:
         return True
 
     def _rewind(self, consumer: Consumer, batch: ProcessedBatch) -> None:
+        """Back to the batch's first messages, and to those of the polls in flight behind it, which are
+        dropped: everything from there on is read again."""
         first: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in batch.messages:
+        for poll in self._in_flight:
+            poll.pending.cancel()
+        unstored = [*batch.messages, *(key for poll in self._in_flight for key in poll.pending.batch.messages)]
+        self._in_flight = []
+        for topic, partition, offset in unstored:
             first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
         self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in first]
         for (topic, partition), offset in first.items():
             if (topic, partition) in self._assigned:
                 consumer.seek(TopicPartition(topic, partition, offset))
+
+
+@dataclass
+class _InFlight:
+    """A poll whose records went to the model: the worker stores it once the model is through."""
+
+    pending: PendingBatch
+    messages: int
+    revoked: set[tuple[str, int]] = field(default_factory=set)  # its rows from these are dropped, not stored
 
 
 def _describe(partitions: list[TopicPartition]) -> str:

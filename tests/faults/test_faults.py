@@ -164,14 +164,28 @@ class SlowEngine:
         self.engine, self.seconds = engine, seconds
         self.task, self.loaded = engine.task, engine.loaded
 
-    def run(self, records, progress=None):
-        outcomes = []
+    def start(self, records):
+        return SlowRun(self, records)
+
+
+class SlowRun:
+    """Like an engine's run on a backend that runs one batch at a time: the work happens when the
+    outcomes are asked for."""
+
+    def __init__(self, slow: SlowEngine, records) -> None:
+        self.slow, self.records = slow, records
+
+    def outcomes(self, progress=None):
+        outcomes, records = [], self.records
         for start in range(0, len(records), 8):
-            time.sleep(self.seconds)
-            outcomes += self.engine.run(records[start : start + 8])
+            time.sleep(self.slow.seconds)
+            outcomes += self.slow.engine.run(records[start : start + 8])
             if progress is not None:
                 progress(len(records[start : start + 8]))
         return outcomes
+
+    def cancel(self) -> None:
+        """Nothing runs before the outcomes are asked for: nothing to drop."""
 
 
 def test_a_batch_slower_than_the_poll_interval_causes_no_rebalance(kafka_broker, tmp_path, sentiment_model_dir):
