@@ -274,19 +274,25 @@ class Worker:
         started, last_report = time.monotonic(), time.monotonic()
         while not self._stopping and not self._limit_reached():
             size = self._poll_size()
-            # With a poll in flight, take only what has arrived: its rows wait to be stored until this returns.
+            # With a poll in flight, take only what has arrived: that poll's rows wait until this returns.
             timeout = 0 if self._in_flight else self.config.poll_timeout
             fresh = consumer.consume(num_messages=max(1, size - len(self._carried)), timeout=timeout)
             self._last_poll = time.monotonic()
             candidates = self._carried + fresh
-            self._carried = candidates[size:]
-            messages = [message for message in candidates[:size] if self._usable(message)]
-            if messages:  # cut now, while the model runs the poll before; its batches queue behind that one's
-                self._in_flight.append(_InFlight(self.processor.start(messages), len(messages)))
-            # The newest poll stays with the model while the worker polls again; with nothing new, it is stored.
-            done = self._store_oldest() if len(self._in_flight) > (1 if messages else 0) else None
-            if done is not None or not messages:  # a poll just started and nothing stored: nothing new to commit
-                self._commit_positions(consumer, done)
+            if self._in_flight and len(candidates) < size:
+                # Caught up with the topic: store the poll in flight now. The next poll waits to fill, as one
+                # with nothing in flight does, rather than start part-filled and commit ever more often.
+                self._carried = candidates
+                self._commit_positions(consumer, self._store_oldest())
+            else:
+                self._carried = candidates[size:]
+                messages = [message for message in candidates[:size] if self._usable(message)]
+                if messages:  # cut now, while the model runs the poll before; its batches queue behind that one's
+                    self._in_flight.append(_InFlight(self.processor.start(messages), len(messages)))
+                if len(self._in_flight) > 1:  # the newest stays with the model while the worker polls again
+                    self._commit_positions(consumer, self._store_oldest())
+                elif not messages:  # nothing to store, but the position may have passed transaction markers
+                    self._commit_positions(consumer)
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 self._report(last_report - started)
