@@ -169,8 +169,8 @@ class SlowEngine:
 
 
 class SlowRun:
-    """Like an engine's run on a backend that runs one batch at a time: the work happens when the
-    outcomes are asked for."""
+    """A run whose work all happens when the outcomes are asked for, so the worker's own thread is
+    inside the slow batch throughout: the keep-alive polls are all that keep it in its group."""
 
     def __init__(self, slow: SlowEngine, records) -> None:
         self.slow, self.records = slow, records
