@@ -199,30 +199,22 @@ class Engine:
         return [{key: value[row] for key, value in arrays.items()} for row in range(len(batch))]
 
 
+@dataclass
 class EngineRun:
     """One :meth:`Engine.start` call's records on their way through the model."""
 
-    def __init__(
-        self,
-        task: Task,
-        records: Sequence[Record],
-        windows: list[list[Window]],
-        failures: dict[int, RecordFailure],
-        batches: list[list[_Item]],
-        forwarded: list[Future[BatchOutputs]],
-    ) -> None:
-        self._task = task
-        self._records = records
-        self._windows = windows
-        self._failures = failures
-        self._batches = batches
-        self._forwarded = forwarded
+    task: Task
+    records: Sequence[Record]
+    windows: list[list[Window]]
+    failures: dict[int, RecordFailure]  # records failed before the model (tokenizing); the model's add to them
+    batches: list[list[_Item]]
+    forwarded: list[Future[BatchOutputs]]  # each batch's outputs to come
 
     def outcomes(self, progress: ProgressCallback | None = None) -> list[Outcome]:
         """A Prediction or a RecordFailure for every record, in input order, once every batch is through."""
-        windows, failures = self._windows, self._failures
+        windows, failures = self.windows, self.failures
         outputs: list[list[Mapping[str, np.ndarray] | None]] = [[None] * len(w) for w in windows]
-        for batch, forwarded in zip(self._batches, self._forwarded, strict=True):
+        for batch, forwarded in zip(self.batches, self.forwarded, strict=True):
             for item, result in zip(batch, forwarded.result(), strict=True):
                 if isinstance(result, RecordFailure):
                     failures.setdefault(item.record, result)
@@ -231,14 +223,14 @@ class EngineRun:
             if progress is not None:  # in records: a record of n windows advances 1/n per window
                 progress(sum(1 / len(windows[item.record]) for item in batch))
         return [
-            failures[r] if r in failures else _postprocessed(self._task, record, windows[r], outputs[r])
-            for r, record in enumerate(self._records)
+            failures[r] if r in failures else _postprocessed(self.task, record, windows[r], outputs[r])
+            for r, record in enumerate(self.records)
         ]
 
     def cancel(self) -> None:
         """Drop the batches not yet started (the outcomes are no longer wanted): a worker told to stop
         leaves its next poll to be read again rather than finish it."""
-        for forwarded in self._forwarded:
+        for forwarded in self.forwarded:
             forwarded.cancel()
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,7 +288,7 @@ class Worker:
                 self._carried = candidates[size:]
                 messages = [message for message in candidates[:size] if self._usable(message)]
                 if messages:  # cut now, while the model runs the poll before; its batches queue behind that one's
-                    self._in_flight.append(_InFlight(self.processor.start(messages), len(messages)))
+                    self._in_flight.append(_InFlight(self.processor.start(messages)))
                 if len(self._in_flight) > 1:  # the newest stays with the model while the worker polls again
                     self._commit_positions(consumer, self._store_oldest())
                 elif not messages:  # nothing to store, but the position may have passed transaction markers
@@ -316,7 +316,11 @@ class Worker:
 
     def _taken(self) -> int:
         """Messages stored, and those in flight."""
-        return self.stats.messages + sum(poll.messages for poll in self._in_flight)
+        return self.stats.messages + len(self._in_flight_keys())
+
+    def _in_flight_keys(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, offset) of every message with the model, not yet stored."""
+        return [key for poll in self._in_flight for key in poll.pending.batch.messages]
 
     def _limit_reached(self) -> bool:
         return self.config.max_messages is not None and self._taken() >= self.config.max_messages
@@ -427,11 +431,8 @@ class Worker:
         """
         if not self._assigned:
             return
-        held: dict[tuple[str, int], int] = {}
-        unstored = [(m.topic(), m.partition(), m.offset()) for m in self._carried]
-        unstored += [key for poll in self._in_flight for key in poll.pending.batch.messages]
-        for topic, partition, offset in unstored:
-            held[(topic, partition)] = min(held.get((topic, partition), offset), offset)
+        carried = [(m.topic(), m.partition(), m.offset()) for m in self._carried]
+        held = _first_offsets([*carried, *self._in_flight_keys()])
         offsets = []
         for position in consumer.position([TopicPartition(t, p) for t, p in sorted(self._assigned)]):
             key = (position.topic, position.partition)
@@ -475,13 +476,10 @@ class Worker:
     def _rewind(self, consumer: Consumer, batch: ProcessedBatch) -> None:
         """Back to the batch's first messages, and to those of the polls in flight behind it, which are
         dropped: everything from there on is read again."""
-        first: dict[tuple[str, int], int] = {}
         for poll in self._in_flight:
             poll.pending.cancel()
-        unstored = [*batch.messages, *(key for poll in self._in_flight for key in poll.pending.batch.messages)]
+        first = _first_offsets([*batch.messages, *self._in_flight_keys()])
         self._in_flight = []
-        for topic, partition, offset in unstored:
-            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
         self._carried = [m for m in self._carried if (m.topic(), m.partition()) not in first]
         for (topic, partition), offset in first.items():
             if (topic, partition) in self._assigned:
@@ -493,8 +491,15 @@ class _InFlight:
     """A poll whose records went to the model: the worker stores it once the model is through."""
 
     pending: PendingBatch
-    messages: int
     revoked: set[tuple[str, int]] = field(default_factory=set)  # its rows from these are dropped, not stored
+
+
+def _first_offsets(messages: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """The lowest offset per (topic, partition) among ``(topic, partition, offset)`` keys."""
+    first: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in messages:
+        first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+    return first
 
 
 def _describe(partitions: list[TopicPartition]) -> str:

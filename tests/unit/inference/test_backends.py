@@ -68,12 +68,15 @@ def test_an_fp32_graph_forward_matches_torch_logits_on_padded_batches(sentiment_
     assert graph_model.first_token_only  # the [CLS]-only last layer carried into the graph
 
 
-class _Overlap:
-    """A session that counts how many calls are in it at once; each call lingers so that overlaps show."""
+class _Watched:
+    """A session that counts its calls and how many are in it at once; each call lingers so that overlaps
+    show, and waits at ``gate`` (open unless a test closes it)."""
 
     def __init__(self, session: Any) -> None:
         self.session, self.parallel = session, session.parallel
-        self.inside = self.most = 0
+        self.calls = self.inside = self.most = 0
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
 
     def get_outputs(self) -> list[Any]:
@@ -81,9 +84,11 @@ class _Overlap:
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
+            self.calls += 1
             self.inside += 1
             self.most = max(self.most, self.inside)
         try:
+            assert self.gate.wait(30), "the gate never opened"
             time.sleep(0.02)
             return self.session.run(names, feeds)
         finally:
@@ -91,21 +96,25 @@ class _Overlap:
                 self.inside -= 1
 
 
+def _engine_with_parallel_batches(model: Path, backend: str, parallel: int, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """An engine in batches of 4 on 2 threads, running ``parallel`` batches at once."""
+    try:
+        configure_threads(2)
+        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", str(parallel))
+        return Engine(load_task("sentiment", str(model), backend=backend), batch_size=4)
+    finally:
+        configure_threads()
+
+
 @pytest.mark.parametrize("backend", FP32_GRAPHS)
 def test_batches_run_side_by_side_answer_as_batches_run_one_at_a_time(
     sentiment_copy: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = [Record({"text": t}) for t in sentences(60, seed=4)]
-    try:
-        configure_threads(2)
-        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "1")
-        alone = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
-        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "2")
-        side = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
-    finally:
-        configure_threads()
+    alone = _engine_with_parallel_batches(sentiment_copy, backend, 1, monkeypatch)
+    side = _engine_with_parallel_batches(sentiment_copy, backend, 2, monkeypatch)
     assert (alone.loaded.parallel_batches, side.loaded.parallel_batches) == (1, 2)
-    overlap = side.loaded.session = _Overlap(side.loaded.session)
+    overlap = side.loaded.session = _Watched(side.loaded.session)
     expected, got = alone.predict(records), side.predict(records)
     assert overlap.most == 2  # two batches were in the model at once, never more
     assert [decision(p.output) for p in got] == [decision(p.output) for p in expected]
@@ -119,52 +128,29 @@ def test_batches_run_side_by_side_answer_as_batches_run_one_at_a_time(
     assert len(alone._batches([_Item(i, 0, [1] * 5) for i in range(3)])) == 1
 
 
-class _Gate:
-    """A session that counts its calls and holds each one until the gate opens."""
-
-    def __init__(self, session: Any) -> None:
-        self.session, self.parallel = session, session.parallel
-        self.calls = 0
-        self.open = threading.Event()
-        self._lock = threading.Lock()
-
-    def get_outputs(self) -> list[Any]:
-        return self.session.get_outputs()
-
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._lock:
-            self.calls += 1
-        assert self.open.wait(30), "the gate never opened"
-        return self.session.run(names, feeds)
-
-
 @pytest.mark.parametrize("backend", FP32_GRAPHS)
 def test_a_started_call_runs_on_the_engines_threads_while_the_caller_goes_on_and_can_be_dropped(
     sentiment_copy: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = [Record({"text": t}) for t in sentences(24, seed=5)]
-    try:
-        configure_threads(2)
-        monkeypatch.setenv("NLPKIT_PARALLEL_BATCHES", "2")
-        engine = Engine(load_task("sentiment", str(sentiment_copy), backend=backend), batch_size=4)
-    finally:
-        configure_threads()
+    engine = _engine_with_parallel_batches(sentiment_copy, backend, 2, monkeypatch)
     expected = engine.run(records)
-    gate = engine.loaded.session = _Gate(engine.loaded.session)
+    session = engine.loaded.session = _Watched(engine.loaded.session)
+    session.gate.clear()
     first = engine.start(records[:12])  # two batches go to the threads, the rest wait in the queue
     second = engine.start(records[12:])  # queued behind the first call's batches
     deadline = time.monotonic() + 30
-    while gate.calls < 2 and time.monotonic() < deadline:  # nobody has asked for outcomes yet
+    while session.calls < 2 and time.monotonic() < deadline:  # nobody has asked for outcomes yet
         time.sleep(0.01)
-    assert gate.calls == 2  # both threads took a batch, and no more: the rest wait behind them
+    assert session.calls == 2  # both threads took a batch, and no more: the rest wait behind them
     second.cancel()  # no longer wanted: its batches never reach the model
-    gate.open.set()
+    session.gate.set()
     got = first.outcomes()
     assert [decision(p.output) for p in got] == [decision(p.output) for p in expected[:12]]
     assert distance([p.output for p in expected[:12]], [p.output for p in got]) < 1e-5
-    first_calls = gate.calls
+    first_calls = session.calls
     engine.run(records[:12])
-    assert first_calls == gate.calls - first_calls  # only the first call's batches ran
+    assert first_calls == session.calls - first_calls  # only the first call's batches ran
 
 
 def test_torch_bf16_holds_its_weights_in_bf16_and_compiled_torch_gives_torch_scores(sentiment_copy: Path) -> None:

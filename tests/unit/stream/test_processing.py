@@ -22,9 +22,9 @@ class Recorder:
         self.batches.append(batch)
 
 
-def message(offset: int, value: dict | bytes | None) -> StandInMessage:
+def message(offset: int, value: dict | bytes | None, partition: int = 0) -> StandInMessage:
     raw = json.dumps(value).encode() if isinstance(value, dict) else value
-    return StandInMessage("reviews", 0, offset, f"k{offset}".encode(), raw, 1_700_000_000_000)
+    return StandInMessage("reviews", partition, offset, f"k{offset}".encode(), raw, 1_700_000_000_000)
 
 
 def test_each_task_is_reported_with_its_own_rows_and_model(tmp_path, database):
@@ -76,12 +76,8 @@ def test_passed_headers_are_the_named_ones_as_text_and_a_header_without_a_value_
 def test_a_batch_less_the_partitions_taken_away_keeps_only_the_rest(tmp_path):
     model = save_tiny_distilbert(tmp_path / "model", labels=["negative", "positive"])
     processor = BatchProcessor({"sentiment": Engine(load_task("sentiment", str(model)))})
-
-    def on(partition: int, offset: int, value: dict | bytes | None) -> StandInMessage:
-        raw = json.dumps(value).encode() if isinstance(value, dict) else value
-        return StandInMessage("reviews", partition, offset, None, raw, 1_700_000_000_000)
-
-    messages = [on(0, 7, {"text": "fine"}), on(1, 3, {"text": "bad"}), on(1, 4, {"text": ""}), on(1, 5, None)]
+    messages = [message(7, {"text": "fine"}), message(3, {"text": "bad"}, 1), message(4, {"text": ""}, 1)]
+    messages.append(message(5, None, partition=1))
     pending = processor.start(messages)  # its records are with the model while the worker goes on
     batch = pending.finish()
     assert (len(batch.predictions), len(batch.dead_letters), len(batch.tombstones)) == (2, 1, 1)
