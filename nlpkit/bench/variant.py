@@ -329,7 +329,7 @@ def _commit_group_start(servers: str, topic: str) -> None:
     """Offset 0 committed for the group named after ``topic``, as a worker restarted onto a backlog finds
     its group's offsets: a group that has committed nothing first asks for the partition's start after a
     fixed wait in librdkafka (0.1 s from the assignment to the first message, against 3 ms with an
-    offset committed; a tenth of a stream row on SST-2 dev)."""
+    offset committed; 8% of a stream row on SST-2 dev)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     from nlpkit.stream.kafka_clients import admin_client
