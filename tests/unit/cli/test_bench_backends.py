@@ -30,12 +30,15 @@ def test_markdown_tables_keep_each_row_on_one_line(capsys: pytest.CaptureFixture
 
     row = BenchRow("stream openvino (Kafka -> SQLite)", 123.4, 4567.0, 3.21, 0.87, 0.9989, 1234.0, 0.31,
                    metrics={"accuracy": 0.8807}, ratio_to_peer=1.04)  # fmt: skip
-    performance._print_table([row], "sentiment · model · 872 records", {"matmul_gflops": {"fp32": 187.0}}, True)
-    lines = capsys.readouterr().out.splitlines()
+    facts = {"matmul_gflops": {"fp32": 187.0}, "rounds": 3, "repeat": 2}
+    performance._print_table([row], "sentiment · model · 872 records", facts, True)
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
     [header] = [line for line in lines if line.startswith("| variant")]
     [body] = [line for line in lines if "stream openvino" in line]
     assert header.count("|") == body.count("|") == 11
     assert "123.4" in body and "99.89%" in body and "accuracy 0.8807" in body
+    assert "fastest of 3 round(s) of 2 run(s)" in " ".join(printed.split())  # the caption may wrap
 
 
 def test_the_engine_reads_as_the_pipelines_it_is_measured_against() -> None:
