@@ -349,19 +349,8 @@ def test_bench_runs_the_openvino_peer_in_both_modes_and_sets_every_row_against_t
     draw = random.Random(5)
     data.write_text("text\tlabel\n" + "".join(f"{t}\t{draw.randint(0, 1)}\n" for t in texts))
     command = [sys.executable, "-m", "nlpkit", "bench", "sentiment", "--model", str(model), "--data", str(data)]
-    command += [
-        "--backend",
-        "torch",
-        "--backend",
-        "openvino",
-        "--no-pipeline",
-        "--no-stream",
-        "--repeat",
-        "1",
-        "--rounds",
-        "1",
-    ]
-    command += ["--threads", "2", "--json"]
+    command += ["--backend", "torch", "--backend", "openvino", "--no-pipeline", "--no-stream"]
+    command += ["--repeat", "1", "--rounds", "1", "--threads", "2", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["variant"]: row for row in map(json.loads, done.stdout.splitlines())}
