@@ -130,11 +130,13 @@ def run_variants(
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Every variant's result by name, and notes on the variants left out."""
     from nlpkit.bench.side_env import LEGACY_TRANSFORMERS, cached_environment
+    from nlpkit.system.collector import YOUNG_COLLECTION_THRESHOLD
     from nlpkit.system.hardware import has_bf16
 
     say(f"preparing the {LEGACY_TRANSFORMERS} side environment (installs on the first run only)")
     legacy = cached_environment(LEGACY_TRANSFORMERS)
-    common = {"model": str(model_dir), "threads": threads}
+    # Every child's collector as the nlpkit command sets it (nlpkit.system.collector), the pipeline's too.
+    common = {"model": str(model_dir), "threads": threads, "young_collection_threshold": YOUNG_COLLECTION_THRESHOLD}
     variants: list[tuple[str, str, dict[str, Any]]] = [
         ("pipeline 4.57 (default batch)", legacy, {"kind": "pipeline", "batch_size": None}),
         (REFERENCE, legacy, {"kind": "pipeline", "batch_size": 32}),
@@ -303,10 +305,13 @@ def print_table(rows: list[Row], title: str, caption: str, notes: list[str]) -> 
 
 def run_child(spec_file: str, result_file: str) -> None:
     """Load, warm up on the first questions, then time all of them; write answers, times and peak RSS."""
+    import gc
+
     import torch
 
     spec = json.loads(Path(spec_file).read_text())
     torch.set_num_threads(spec["threads"])
+    gc.set_threshold(spec["young_collection_threshold"], *gc.get_threshold()[1:])
     questions = json.loads(Path(spec["questions"]).read_text())
     started = time.perf_counter()
     run = _pipeline_runner(spec) if spec["kind"] == "pipeline" else _engine_runner(spec)

@@ -18,6 +18,7 @@ from nlpkit.cli import about, db, models, operations, performance, predict, stre
 from nlpkit.cli.common import CliState, NlpkitGroup
 from nlpkit.errors import NlpkitError
 from nlpkit.localservices.commands import services
+from nlpkit.system.collector import collect_less_often
 from nlpkit.system.files import forbid_shared_write
 
 
@@ -59,6 +60,7 @@ def build_cli() -> click.Group:
 
 def main() -> None:
     """Console-script entry point: load plugins (they may add commands), then run the CLI."""
+    collect_less_often()  # this process is nlpkit's own (nlpkit.system.collector)
     try:
         group = build_cli()
     except NlpkitError as exc:
