@@ -135,7 +135,8 @@ def run_variants(
 
     say(f"preparing the {LEGACY_TRANSFORMERS} side environment (installs on the first run only)")
     legacy = cached_environment(LEGACY_TRANSFORMERS)
-    # Every child's collector as the nlpkit command sets it (nlpkit.system.collector), the pipeline's too.
+    # Every child's collector as the nlpkit command sets it (nlpkit.system.collector), the pipeline's too; its
+    # side environment cannot import nlpkit, so the threshold travels in the spec.
     common = {"model": str(model_dir), "threads": threads, "young_collection_threshold": YOUNG_COLLECTION_THRESHOLD}
     variants: list[tuple[str, str, dict[str, Any]]] = [
         ("pipeline 4.57 (default batch)", legacy, {"kind": "pipeline", "batch_size": None}),
