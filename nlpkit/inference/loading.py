@@ -208,7 +208,8 @@ def _open_openvino(loaded: LoadedModel, min_agreement: float) -> CachedGraph:
         from nlpkit.inference.openvino.convert import converted_model
 
         graph = converted_model(loaded)
-    loaded.session = runtime.open_session(graph.path, thread_count(), loaded.backend.precision, parallel_batches())
+    precision = runtime.int8_float_precision(graph.report) if kind == "int8" else loaded.backend.precision
+    loaded.session = runtime.open_session(graph.path, thread_count(), precision, parallel_batches())
     return graph
 
 

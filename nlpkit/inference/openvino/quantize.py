@@ -17,7 +17,10 @@ that OpenVINO's CPU plugin runs as int8 kernels. Choices:
    with fp32: the search of :mod:`nlpkit.inference.int8`. NNCF's own accuracy control
    (``quantize_with_accuracy_control``, with agreement as its metric) was tried first and did
    not converge: with SmoothQuant it ended at 81% agreement after six minutes, and without,
-   each node it handed back moved the disagreement between 3.3% and 4.9%.
+   each node it handed back moved the disagreement between 3.3% and 4.9%;
+5. what stays unquantized (the float operations and the nodes handed back) computes in bf16 where
+   the CPU has bf16 units (:func:`runtime.int8_float_precision`), and the search measures the
+   agreement so: "kept fp32" then means kept out of int8.
 
 The model and its report sit in the model's OpenVINO cache; loading ``--backend openvino-int8``
 refuses it below the minimum agreement, as ``int8`` does.
@@ -80,7 +83,12 @@ def quantize(
         data=data,
         reduce_range=trial.reduce_range,
     )
-    facts = {"revision": task.model.revision, "min_agreement": min_agreement, "nncf": _nncf_version()}
+    facts = {
+        "revision": task.model.revision,
+        "min_agreement": min_agreement,
+        "nncf": _nncf_version(),
+        "float_precision": trial.float_precision,
+    }
     write_report(
         directory,
         runtime.INT8_REPORT,
@@ -126,6 +134,7 @@ class _Trial(Trial):
         self.feeds = feeds
         # 7-bit weights where this CPU lacks VNNI: its 16-bit intermediate sums could overflow with 8.
         self.reduce_range = not has_vnni()
+        self.float_precision = runtime.int8_float_precision()  # measured as it will run here
         self._whole = self._quantize(ignored=[])  # what NNCF quantizes, when nothing is held back, says which nodes
         super().__init__(task, records, reference, quantized_nodes(self._whole))
 
@@ -135,7 +144,7 @@ class _Trial(Trial):
         return self._quantize(ignored=kept_fp32) if kept_fp32 else self._whole
 
     def session(self, model: Any) -> runtime.Session:
-        return runtime.open_session(model, thread_count(), "int8")
+        return runtime.open_session(model, thread_count(), self.float_precision)
 
     def _quantize(self, ignored: Sequence[str]) -> Any:
         import nncf

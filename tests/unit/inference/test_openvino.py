@@ -74,3 +74,27 @@ def test_outputs_outlive_the_next_batch(sentiment_copy: Path) -> None:
     second = loaded.forward(second_ids, np.ones_like(second_ids))["logits"]
     assert not np.allclose(second, kept)  # different inputs, different logits...
     np.testing.assert_array_equal(first, kept)  # ...and the first batch's are still its own
+
+
+def test_an_int8_model_computes_its_float_parts_as_its_agreement_was_measured(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 where the CPU has bf16 units (OpenVINO's own default there, and faster), recorded with the file;
+    a file measured in fp32, or moved to a CPU without bf16 units, computes them in fp32."""
+    from reviews import sentences
+
+    from nlpkit.inference.openvino import quantize
+    from nlpkit.system.hardware import has_bf16
+    from nlpkit.tasks.base import Record
+
+    task = load_task("sentiment", str(sentiment_copy))
+    quantize.quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
+    report = runtime.read_report(sentiment_copy / "openvino", runtime.INT8_REPORT, task.model.revision)
+    here = "bf16" if has_bf16() else "fp32"
+    assert report["float_precision"] == here == runtime.int8_float_precision(report)
+    monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", "0.5")
+    assert load_task("sentiment", str(sentiment_copy), backend="openvino-int8").model.session.precision == here
+    assert runtime.int8_float_precision({"agreement": 0.995}) == "fp32"  # made before the field was written
+    monkeypatch.setattr(runtime, "has_bf16", lambda: False)
+    assert runtime.int8_float_precision({"float_precision": "bf16"}) == "fp32"
+    assert runtime.int8_float_precision() == "fp32"
