@@ -29,8 +29,14 @@ from nlpkit.errors import NlpkitError
 from nlpkit.tasks.base import Example, Prediction, Record
 
 Progress = Callable[[str], None]
-# The peer in each of OpenVINO's modes (nlpkit.bench.peers); rows are set against the faster.
-PEERS = {"LATENCY": "openvino peer (latency hint, batch 32)", "THROUGHPUT": "openvino peer (throughput hint, batch 32)"}
+# The peer in each of OpenVINO's modes, in its default precision and quantized by NNCF (nlpkit.bench.peers);
+# rows are set against the fastest that keeps PEER_MIN_AGREEMENT with fp32: OpenVINO's best configuration.
+PEERS = {
+    f"openvino peer{' int8' if int8 else ''} ({hint.lower()} hint, batch 32)": {"hint": hint, "quantized": int8}
+    for int8 in (False, True)
+    for hint in ("LATENCY", "THROUGHPUT")
+}
+PEER_MIN_AGREEMENT = 0.99
 
 
 @dataclass
@@ -114,10 +120,8 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
                 ("pipeline (batch 32)", {"kind": "pipeline", "pipeline_batch_size": 32}),
             ]
         if plan.peer and plan.task in BASELINES:
-            variants += [
-                (name, {"kind": "openvino-peer", "pipeline_batch_size": 32, "hint": hint})
-                for hint, name in PEERS.items()
-            ]
+            peer = {"kind": "openvino-peer", "pipeline_batch_size": 32}
+            variants += [(name, peer | how) for name, how in PEERS.items()]
         variants += [(f"engine {b}", {"kind": "engine", "backend": b, "keep_outputs": True}) for b in plan.backends]
         runs: dict[str, list[dict[str, Any]]] = {}
 
@@ -142,8 +146,9 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
             ]
         )
     }
+    peer = _best_peer(results)
     facts = {"matmul_gflops": rates, "records": len(records), "rounds": plan.rounds, "repeat": plan.repeat}
-    return _rows(plan, results, rates), facts
+    return _rows(plan, results, rates, peer), facts | {"peer": peer}
 
 
 def _stream_variant(runs: dict[str, list[dict[str, Any]]], plan: BenchPlan) -> tuple[str, dict[str, Any]]:
@@ -197,7 +202,24 @@ def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str
     return min(candidates)[1] if candidates else backends[0]
 
 
-def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, float]) -> list[BenchRow]:
+def _best_peer(results: dict[str, dict[str, Any]]) -> str | None:
+    """The fastest peer row whose answers match fp32's on at least ``PEER_MIN_AGREEMENT`` of the records (any
+    peer row where the run has no fp32 engine to compare with); None when no peer ran or none agrees."""
+    from nlpkit.inference.agreement import agreement
+
+    reference = results.get("engine torch")
+    agreeing = [
+        (results[name]["seconds"], name)
+        for name in PEERS
+        if name in results
+        and (reference is None or agreement(reference["outputs"], results[name]["outputs"]) >= PEER_MIN_AGREEMENT)
+    ]
+    return min(agreeing)[1] if agreeing else None
+
+
+def _rows(
+    plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, float], best_peer: str | None
+) -> list[BenchRow]:
     from nlpkit.inference.agreement import agreement
     from nlpkit.plugins import get_task_class
     from nlpkit.system.hardware import describe
@@ -206,7 +228,7 @@ def _rows(plan: BenchPlan, results: dict[str, dict[str, Any]], rates: dict[str, 
     measured = next((r for r in results.values() if "flops" in r), None)
     pipelines = [r["seconds"] for name, r in results.items() if name.startswith("pipeline")]
     baseline = min(pipelines) if pipelines else None
-    peer = min((results[name]["seconds"] for name in PEERS.values() if name in results), default=None)
+    peer = results[best_peer]["seconds"] if best_peer else None
     reference = results.get("engine torch")
     task_class = get_task_class(plan.task)
     machine = describe()

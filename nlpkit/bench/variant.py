@@ -232,9 +232,10 @@ def _pipeline(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]
 
 
 def _openvino_peer(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str, Any]]]:
-    """The peer (:mod:`nlpkit.bench.peers`): the pipeline's model run by OpenVINO with the spec's performance
-    hint, fed length-sorted texts, with as many batches in flight as OpenVINO asks for: a text classifier in
-    the loop its users write, token classification inside the pipeline (one per batch in flight)."""
+    """The peer (:mod:`nlpkit.bench.peers`): the pipeline's model (quantized by NNCF where the spec says so)
+    run by OpenVINO with the spec's performance hint, fed length-sorted texts, with as many batches in flight
+    as OpenVINO asks for: a text classifier in the loop its users write, token classification inside the
+    pipeline (one per batch in flight)."""
     import openvino
     from transformers import pipeline
 
@@ -244,7 +245,11 @@ def _openvino_peer(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str,
 
     baseline = BASELINES[spec["task"]]
     hf = pipeline(baseline.pipeline_task, model=spec["model_path"], device="cpu", **baseline.load_options)
-    compiled, names = peers.compiled_for(hf, spec["threads"], spec["hint"])
+    calibration = []
+    if spec.get("quantized"):
+        texts = [baseline.inputs(Record(json.loads(line))) for line in Path(spec["records"]).read_text().splitlines()]
+        calibration = peers.calibration_sample(texts)
+    compiled, names = peers.compiled_for(hf, spec["threads"], spec["hint"], calibration, spec["max_length"])
     in_flight = peers.in_flight(compiled)
     looped = baseline.pipeline_task == "text-classification"
     if looped:
@@ -276,7 +281,8 @@ def _openvino_peer(spec: dict[str, Any]) -> tuple[Runner, Callable[[], dict[str,
         outputs = dict(zip(order, answers, strict=True))
         return [baseline.convert(record, outputs[i]) for i, record in enumerate(records)]
 
-    facts = {"precision": compiled_precision(compiled), "in_flight": in_flight}
+    precision = "int8" if calibration else compiled_precision(compiled)  # int8's float parts: OpenVINO's default
+    facts = {"precision": precision, "in_flight": in_flight}
     return run, lambda: dict(facts)
 
 

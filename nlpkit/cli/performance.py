@@ -22,16 +22,32 @@ from nlpkit.system.hardware import gpus
 from nlpkit.tasks.readers import seeded_sample
 
 stderr = Console(stderr=True)
-# Backends the bench times only when --backend names them: making openvino-int8's model re-runs NNCF for
-# every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores).
-UNLESS_NAMED = ("openvino-int8",)
+# Backends the bench times only when --backend names them or their model is already made: making
+# openvino-int8's re-runs NNCF for every node its search keeps in fp32 (684 s for the 6-layer MiniLM on 2 Zen 3 cores).
+UNLESS_NAMED_OR_MADE = ("openvino-int8",)
 
 
-def _bench_by_default(name: str) -> bool:
-    """Whether the bench times ``name`` when --backend names none: not the slow-to-make ones above, and not
-    torch's bf16 where it would be emulated (SST-2 dev: 12 sentences/s against fp32 torch's 29 on 2 busy
-    Zen 3 cores), which `--backend auto` skips too."""
-    return name not in UNLESS_NAMED and not BACKENDS[name].emulated(on_cpu=not gpus())
+def _bench_by_default(name: str, path: Path) -> bool:
+    """Whether the bench times ``name`` on the model in ``path`` when --backend names none: not the
+    slow-to-make ones above unless made for these weights, and not torch's bf16 where it would be emulated
+    (SST-2 dev: 12 sentences/s against fp32 torch's 29 on 2 busy Zen 3 cores), which `--backend auto` skips too."""
+    if name in UNLESS_NAMED_OR_MADE:
+        return _int8_made(name, path)
+    return not BACKENDS[name].emulated(on_cpu=not gpus())
+
+
+def _int8_made(backend: str, path: Path) -> bool:
+    """Whether ``backend``'s int8 model exists for the weights in ``path`` and would load here: made for this
+    kind of CPU, and at the agreement the gate asks for."""
+    from nlpkit.errors import NlpkitError
+    from nlpkit.models.files import model_revision
+
+    _make_int8, runtime = _int8_tools(backend)
+    try:
+        runtime.cached_model(path.name, path, model_revision(path), "int8", settings.get_fraction("min_agreement"))
+    except NlpkitError:  # none made, made for a CPU with VNNI, or refused by the gate
+        return False
+    return True
 
 
 data_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -312,7 +328,7 @@ def bench(state: CliState, task_name: str, model: str, data: Path, backends: tup
         tokenizer = AutoTokenizer.from_pretrained(path)
         cut = benchmark.cut_texts([e.record for e in examples], tokenizer, options.max_length)
         examples = [type(e)(record, e.target, e.source) for e, record in zip(examples, cut, strict=True)]
-    chosen = list(backends or filter(_bench_by_default, backends_here()))
+    chosen = list(backends or (name for name in backends_here() if _bench_by_default(name, path)))
     for backend in INT8_BACKENDS:
         if backend in chosen:
             _ensure_int8(backend, task_name, model, registry, options.calibration_data or data, options.seed)
@@ -427,10 +443,13 @@ def _caption(rows: list[Any], facts: dict[str, Any]) -> str:
         if share is None
         else f"; the stream kept {share:.0%} of its engine's throughput, timed after it in the same process"
     )
+    peer = facts.get("peer")
+    yardstick = f" (here: {peer})" if peer else " (none agreed this run)"
     return (
         f"{describe()}. x pipeline: throughput over the faster transformers pipeline setting; x peer: over "
-        "OpenVINO run as its users run it (convert_model, length-sorted batches of 32, the faster of its latency "
-        "and throughput hints); % peak: model "
+        "OpenVINO run as its users run it (convert_model, length-sorted batches of 32, its latency or throughput "
+        "hint, its default precision or NNCF int8 on 300 of these inputs), the fastest of those that agrees with "
+        f"fp32 on at least 99%{yardstick}; % peak: model "
         "FLOPs on real tokens over this machine's matmul rate now in the precision the variant computes in "
         f"(GFLOP/s: {rates}); agreement: same answers as engine torch (fp32){stream}; each row the fastest of "
         f"{facts['rounds']} round(s) of {facts['repeat']} run(s), the variants taking turns"

@@ -3,6 +3,8 @@ compiled ones, minus those that take minutes to make or to time for a figure kno
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nlpkit.cli import performance
@@ -15,14 +17,32 @@ from nlpkit.inference.backends import BACKENDS
     [(False, set()), (True, {"bf16", "bf16-compiled"})],
 )
 def test_the_bench_leaves_out_emulated_bf16_and_openvino_int8_unless_named(
-    monkeypatch: pytest.MonkeyPatch, bf16_units: bool, expected_bf16: set[str]
+    monkeypatch: pytest.MonkeyPatch, bf16_units: bool, expected_bf16: set[str], sentiment_copy: Path
 ) -> None:
     monkeypatch.setattr(backends, "has_bf16", lambda: bf16_units)
     monkeypatch.setattr(performance, "gpus", lambda: ())
-    timed = {name for name in BACKENDS if performance._bench_by_default(name)}
+    timed = {name for name in BACKENDS if performance._bench_by_default(name, sentiment_copy)}
     assert {"torch", "torch-compiled", "onnx", "int8", "openvino", "openvino-bf16"} <= timed
     assert "openvino-int8" not in timed
     assert timed & {"bf16", "bf16-compiled"} == expected_bf16
+
+
+def test_the_bench_times_openvino_int8_once_its_model_is_made_for_these_weights(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reviews import sentences
+
+    from nlpkit.inference.openvino.quantize import quantize
+    from nlpkit.pipelines import load_task
+    from nlpkit.tasks.base import Record
+
+    assert not performance._bench_by_default("openvino-int8", sentiment_copy)
+    task = load_task("sentiment", str(sentiment_copy))
+    report = quantize(task, [Record({"text": t}) for t in sentences(32, seed=2)], min_agreement=0.5, data="test")
+    monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement + 0.001))
+    assert not performance._bench_by_default("openvino-int8", sentiment_copy)  # the gate would refuse it
+    monkeypatch.setenv("NLPKIT_MIN_AGREEMENT", str(report.agreement))
+    assert performance._bench_by_default("openvino-int8", sentiment_copy)
 
 
 def test_markdown_tables_keep_each_row_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
