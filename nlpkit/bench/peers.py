@@ -13,7 +13,7 @@ inputs (NNCF's default subset) drawn from the texts being timed, the unquantized
 default precision. NNCF's plain preset is no candidate: on SST-2 dev it agreed with fp32 on 77.75%
 (``imdb-minilm``, Zen 4), the transformer preset on 98.97% calibrated on dev sentences (99.20% on
 training phrases), at about 1.5 times the bf16 peer's speed. The bench sets rows against the fastest
-peer that agrees on at least 99% (:data:`nlpkit.bench.suite.PEER_MIN_AGREEMENT`).
+peer that agrees on at least 99% (:data:`nlpkit.bench.suite.MIN_AGREEMENT`).
 
 How the batches reach the model depends on the task. A text classifier (sentiment, multi-label)
 is the loop an OpenVINO user writes: the tokenizer on each batch, OpenVINO's ``AsyncInferQueue``,

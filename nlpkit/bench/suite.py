@@ -30,13 +30,14 @@ from nlpkit.tasks.base import Example, Prediction, Record
 
 Progress = Callable[[str], None]
 # The peer in each of OpenVINO's modes, in its default precision and quantized by NNCF (nlpkit.bench.peers);
-# rows are set against the fastest that keeps PEER_MIN_AGREEMENT with fp32: OpenVINO's best configuration.
+# rows are set against the fastest that keeps MIN_AGREEMENT with fp32: OpenVINO's best configuration.
 PEERS = {
     f"openvino peer{' int8' if int8 else ''} ({hint.lower()} hint, batch 32)": {"hint": hint, "quantized": int8}
     for int8 in (False, True)
     for hint in ("LATENCY", "THROUGHPUT")
 }
-PEER_MIN_AGREEMENT = 0.99
+# What a fast variant must agree with fp32 on to count: to be the peer's best, or the backend the stream runs.
+MIN_AGREEMENT = 0.99
 
 
 @dataclass
@@ -153,7 +154,9 @@ def run(plan: BenchPlan, progress: Progress) -> tuple[list[BenchRow], dict[str, 
 
 def _stream_variant(runs: dict[str, list[dict[str, Any]]], plan: BenchPlan) -> tuple[str, dict[str, Any]]:
     """The streaming path on the fastest backend of the first round whose answers agree with fp32."""
-    best = _fastest_agreeing({name: kept[0] for name, kept in runs.items()}, plan.backends)
+    first = {name: kept[0] for name, kept in runs.items()}
+    fastest = _fastest_agreeing(first, [f"engine {backend}" for backend in plan.backends])
+    best = fastest.removeprefix("engine ") if fastest else plan.backends[0]
     spec = {"kind": "stream", "backend": best, "keep_outputs": True, "bootstrap_servers": plan.bootstrap_servers}
     return f"stream {best} (Kafka -> SQLite)", spec
 
@@ -188,33 +191,24 @@ def _child(spec: dict[str, Any], scratch: Path, name: str, progress: Progress) -
     return json.loads(result_file.read_text())
 
 
-def _fastest_agreeing(results: dict[str, dict[str, Any]], backends: Sequence[str]) -> str:
-    """The backend to stream with: the fastest whose answers match fp32 on at least 99% of records."""
-    from nlpkit.inference.agreement import agreement
-
-    reference = results.get("engine torch")
-    candidates = []
-    for backend in backends:
-        result = results[f"engine {backend}"]
-        agrees = reference is None or agreement(reference["outputs"], result["outputs"]) >= 0.99
-        if agrees:
-            candidates.append((result["seconds"], backend))
-    return min(candidates)[1] if candidates else backends[0]
-
-
-def _best_peer(results: dict[str, dict[str, Any]]) -> str | None:
-    """The fastest peer row whose answers match fp32's on at least ``PEER_MIN_AGREEMENT`` of the records (any
-    peer row where the run has no fp32 engine to compare with); None when no peer ran or none agrees."""
+def _fastest_agreeing(results: dict[str, dict[str, Any]], variants: Sequence[str]) -> str | None:
+    """The fastest of ``variants`` (those that ran) whose answers match fp32's on at least ``MIN_AGREEMENT`` of
+    the records (any of them where the run has no fp32 engine to compare with); None when none agrees."""
     from nlpkit.inference.agreement import agreement
 
     reference = results.get("engine torch")
     agreeing = [
         (results[name]["seconds"], name)
-        for name in PEERS
+        for name in variants
         if name in results
-        and (reference is None or agreement(reference["outputs"], results[name]["outputs"]) >= PEER_MIN_AGREEMENT)
+        and (reference is None or agreement(reference["outputs"], results[name]["outputs"]) >= MIN_AGREEMENT)
     ]
     return min(agreeing)[1] if agreeing else None
+
+
+def _best_peer(results: dict[str, dict[str, Any]]) -> str | None:
+    """The yardstick: the fastest peer row that agrees (OpenVINO's best configuration), if any."""
+    return _fastest_agreeing(results, list(PEERS))
 
 
 def _rows(

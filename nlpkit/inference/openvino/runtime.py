@@ -113,10 +113,11 @@ def int8_float_precision(report: dict[str, Any] | None = None) -> str:
     """What an int8 model's unquantized parts (LayerNorm, Softmax, GELU, the nodes its search held back)
     compute in: bf16 where the CPU has bf16 units, as OpenVINO's own default there, and as they did when
     the search measured the model's agreement with fp32 (``report``'s ``float_precision``; files made
-    before it was recorded were measured in fp32, and keep it). On SST-2 dev, Zen 4, two streams:
-    ``imdb-minilm``'s int8 model ran 646-650 sentences/s with fp32 float parts, 930-960 with bf16,
-    against 813-823 for the whole model in bf16. A file measured in bf16 but loaded on a CPU without
-    bf16 units computes them in fp32: closer to fp32 than what was measured, never further."""
+    before it was recorded were measured in fp32, and keep it; no report: a file about to be made here).
+    On SST-2 dev, Zen 4, two streams: ``imdb-minilm``'s int8 model ran 646-650 sentences/s with fp32
+    float parts, 930-960 with bf16, against 813-823 for the whole model in bf16. A file measured in
+    bf16 but loaded on a CPU without bf16 units computes them in fp32: closer to fp32 than what was
+    measured, never further."""
     measured = "bf16" if report is None else report.get("float_precision", "fp32")
     return "bf16" if measured == "bf16" and has_bf16() else "fp32"
 

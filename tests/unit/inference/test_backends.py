@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from reviews import sentences
 
-from nlpkit.bench.suite import PEER_MIN_AGREEMENT, PEERS
+from nlpkit.bench.suite import MIN_AGREEMENT, PEERS
 from nlpkit.errors import ModelNotFoundError, NlpkitError
 from nlpkit.inference.agreement import agreement, decision, distance
 from nlpkit.inference.backends import INT8_BACKENDS
@@ -367,7 +367,7 @@ def test_bench_runs_the_openvino_peer_in_both_modes_and_sets_every_row_against_t
             assert rows[peer]["agreement"] >= (1.0 if rows[peer]["precision"] == "fp32" else 0.9)
         assert rows[peer]["seq_per_s"] > 0 and rows[peer]["rss_mb"] > 0
     assert rows["engine openvino"]["agreement"] == 1.0
-    agreeing = [peer for peer in PEERS if rows[peer]["agreement"] >= PEER_MIN_AGREEMENT]
+    agreeing = [peer for peer in PEERS if rows[peer]["agreement"] >= MIN_AGREEMENT]
     assert agreeing  # fp32 at least, on a CPU without bf16 units
     assert max(rows[peer]["ratio_to_peer"] for peer in agreeing) == 1.0  # the fastest agreeing peer is the yardstick
     assert all(row["ratio_to_peer"] > 0 for row in rows.values())
